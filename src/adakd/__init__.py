@@ -1,0 +1,23 @@
+"""adakd: knowledge distillation for PyTorch, with the adaptive methods ABL, SAKD and AEKT.
+
+The Python API lives in :mod:`adakd.api` and is re-exported here lazily
+(``import adakd`` stays cheap; ``adakd.train``, ``adakd.build_model`` ... load on first use).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_API_NAMES = {
+    "RunConfig", "load_config", "train", "Trainer", "check_config", "evaluate_checkpoint", "build_model",
+    "build_distiller", "build_data", "load_split", "DataConfig", "DistillContext", "MODELS", "DATASETS",
+    "DISTILLERS", "STRATEGIES",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API_NAMES:
+        return getattr(importlib.import_module(".api", __name__), name)
+    raise AttributeError(f"module 'adakd' has no attribute {name!r}")

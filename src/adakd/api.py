@@ -1,0 +1,86 @@
+"""The Python API: everything the CLI does, as functions.
+
+    import adakd
+    cfg = adakd.load_config("configs/fashion_mnist/kd.yaml", ["train.epochs=2"])
+    summary = adakd.train(cfg)                       # -> dict (also in RUN_DIR/summary.json)
+    adakd.evaluate_checkpoint(summary["run_dir"])    # -> {"top1": ..., "top5": ...}
+
+    student = adakd.build_model("resnet8", num_classes=10, in_channels=1, image_size=28)
+    teacher = adakd.build_model("resnet20", num_classes=10, in_channels=1, image_size=28)
+    loss = adakd.build_distiller({"kd": {"temperature": 4}}, student, teacher)
+    terms = loss(student.forward_features(x), teacher.forward_features(x), adakd.DistillContext(labels=y))
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import losses as _losses  # noqa: F401  (registers the distillers)
+from . import strategies as _strategies  # noqa: F401  (registers the strategies)
+from .config import RunConfig, load_config
+from .data import DataConfig, build_data, load_split
+from .engine.checkpoint import load_checkpoint, load_weights
+from .engine.device import resolve_device
+from .engine.evaluate import evaluate
+from .engine.trainer import Trainer, train
+from .errors import CheckpointError, ConfigError
+from .losses.base import DistillContext
+from .losses.build import build_distiller
+from .models import build_model
+from .registry import DATASETS, DISTILLERS, MODELS, STRATEGIES
+
+__all__ = [
+    "RunConfig", "load_config", "train", "Trainer", "check_config", "evaluate_checkpoint", "build_model",
+    "build_distiller", "build_data", "load_split", "DataConfig", "DistillContext", "MODELS", "DATASETS",
+    "DISTILLERS", "STRATEGIES",
+]
+
+
+def check_config(cfg: RunConfig) -> None:
+    """Check that every name in ``cfg`` exists and that the models, losses and strategy build
+    (on dummy shapes of the dataset; no data is read)."""
+    MODELS.get(cfg.student.name)
+    DATASETS.get(cfg.data.name)
+    STRATEGIES.get(cfg.strategy.name)
+    if cfg.teacher is not None:
+        MODELS.get(cfg.teacher.name)
+    for name in cfg.losses:
+        DISTILLERS.get(name)
+
+
+def _read_run_config(run_dir: Path) -> RunConfig | None:
+    path = run_dir / "config.yaml"
+    return load_config(path) if path.is_file() else None
+
+
+def evaluate_checkpoint(target: str | Path, which: str = "final", data_root: str | None = None,
+                        device: str = "auto", split: str = "test") -> dict[str, Any]:
+    """Top-1/top-5 of a run directory's student (final, best or last) or of a checkpoint file."""
+    target = Path(target).expanduser()
+    if target.is_dir():
+        names = {"final": "student.pt", "best": "best.pt", "last": "last.pt"}
+        path = target / "checkpoints" / names[which]
+        if not path.is_file():
+            raise CheckpointError(f"{path} does not exist: is {target} a finished run? "
+                                  "Try --which last for an unfinished one.")
+    else:
+        path = target
+    state = load_checkpoint(path)
+    meta = state.get("meta")
+    if meta is None:
+        raise CheckpointError(f"{path} carries no model description (meta); it is not an adakd checkpoint. "
+                              "Evaluate it through the Python API with build_model + load_weights.")
+    data_cfg = DataConfig.model_validate(meta["data"])
+    if data_root:
+        data_cfg = data_cfg.model_copy(update={"root": data_root})
+    dev = resolve_device(device)
+    model = build_model(meta["model"], num_classes=meta["num_classes"], in_channels=meta["in_channels"],
+                        image_size=meta["image_size"], **meta.get("kwargs", {}))
+    load_weights(model, state["model"], f"checkpoint {path}")
+    model.to(dev)
+    data = build_data(data_cfg, dev, seed=data_cfg.seed)
+    loader = data.test if split == "test" else data.val
+    if loader is None:
+        raise ConfigError(f"the run has no {split} split.")
+    result = evaluate(model, loader, dev, "fp32")
+    return {"model": meta["model"], "dataset": data_cfg.name, "split": split, "checkpoint": str(path), **result}

@@ -1,0 +1,285 @@
+"""Typed, validated run configuration.
+
+A run is described by one YAML file (optionally ``base:``-inheriting another)
+plus dotted ``key=value`` overrides from the command line:
+
+    adakd train configs/fashion_mnist/kd.yaml seed=3 train.epochs=2 data.batch_size=256
+
+Every mistake (bad YAML, unknown key, wrong type, impossible value) becomes a
+single :class:`~adakd.errors.ConfigError` whose message names the key and the fix.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .data.config import DataConfig
+from .errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """A zoo model by registry name, with builder keyword arguments (e.g. ``widths``)."""
+
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class TeacherConfig(ModelConfig):
+    """The frozen teacher: load ``checkpoint``, or train ``recipe`` (a config file) once and cache it."""
+
+    checkpoint: str | None = None
+    recipe: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TeacherConfig":
+        if self.checkpoint and self.recipe:
+            raise ValueError("give either teacher.checkpoint or teacher.recipe, not both")
+        if not self.checkpoint and not self.recipe:
+            raise ValueError(
+                "the teacher needs weights: set teacher.checkpoint=PATH (a checkpoint or run dir) "
+                "or teacher.recipe=CONFIG.yaml (trained first, then cached)"
+            )
+        return self
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    #: Multiply lr by (global batch / lr_reference_batch) when set (linear scaling rule for DDP).
+    lr_reference_batch: int | None = Field(None, gt=0)
+
+
+class ScheduleConfig(_Strict):
+    """Learning-rate schedule, evaluated per step; epochs may be fractional."""
+
+    name: Literal["multistep", "cosine", "onecycle", "constant"] = "multistep"
+    milestones: list[float] = Field(default_factory=lambda: [150, 180, 210])
+    gamma: float = Field(0.1, gt=0)
+    warmup_epochs: float = Field(0.0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(240, gt=0)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    #: "bf16" = bfloat16 autocast; "auto" = bf16 where measured faster (CUDA with bf16 support, CPU with AMX).
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    #: channels_last memory format for models and batches; "auto" = on with bf16.
+    channels_last: bool | Literal["auto"] = "auto"
+    compile: bool = False
+    #: Deterministic algorithms (bitwise-reproducible on CPU).
+    deterministic: bool = True
+    eval_every: int = Field(1, gt=0)
+    #: Cap on steps per epoch (quick experiments and tests); None = the whole split.
+    max_steps_per_epoch: int | None = Field(None, gt=0)
+    #: Also write a resumable checkpoint every N steps inside an epoch (None: at epoch ends only).
+    checkpoint_every_steps: int | None = Field(None, gt=0)
+    #: On a NaN/inf loss: stop ("error") or skip the step ("skip").
+    on_nonfinite: Literal["error", "skip"] = "error"
+
+
+class StrategyConfig(_Strict):
+    name: str = "standard"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunConfig(_Strict):
+    """One training run: data x teacher x student x losses x strategy x schedule."""
+
+    name: str = "run"
+    seed: int = 0
+    device: str = "auto"
+    output_dir: str = "runs"
+    #: Explicit run directory; default ``output_dir/name``.
+    run_dir: str | None = None
+    resume: bool = False
+    data: DataConfig
+    teacher: TeacherConfig | None = None
+    student: ModelConfig
+    #: Weight of the cross-entropy with the labels.
+    ce_weight: float = Field(1.0, ge=0)
+    #: Distillation losses by registry name -> options (``weight`` and the method's own keys).
+    losses: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    #: Also train the same student without a teacher (same recipe) and show both in the summary.
+    compare_scratch: bool = False
+    progress: bool = True
+
+    @field_validator("losses", mode="before")
+    @classmethod
+    def _losses_mapping(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        if isinstance(value, list):  # [kd, crd] or [{name: kd, weight: 0.9}]
+            out: dict[str, Any] = {}
+            for item in value:
+                if isinstance(item, str):
+                    out[item] = {}
+                elif isinstance(item, dict) and "name" in item:
+                    item = dict(item)
+                    out[item.pop("name")] = item
+                else:
+                    raise ValueError("each entry of losses must be a name or a mapping with 'name'")
+            return out
+        if isinstance(value, dict):
+            return {k: ({} if v is None else v) for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _teacher_needed(self) -> "RunConfig":
+        if self.losses and self.teacher is None:
+            raise ValueError("distillation losses are set but no teacher: add a `teacher:` section or remove `losses`")
+        return self
+
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path(self.output_dir) / self.name
+
+
+# --------------------------------------------------------------------------- loading
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}. Check the path (configs live in configs/).")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: malformed YAML{where}: {getattr(exc, 'problem', exc)}. Fix the syntax there.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}.")
+    return data
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: mappings merge, everything else is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_raw(path: str | os.PathLike[str], _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML config, resolving ``base:`` inheritance and making relative teacher paths absolute."""
+    path = Path(path).expanduser().resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: `base:` inheritance forms a cycle; remove one of the links.")
+    data = _read_yaml(path)
+    teacher = data.get("teacher")
+    if isinstance(teacher, dict):
+        for key in ("recipe", "checkpoint"):
+            value = teacher.get(key)
+            if isinstance(value, str) and not os.path.isabs(os.path.expanduser(value)):
+                candidate = (path.parent / value).resolve()
+                if key == "recipe" or candidate.exists():
+                    teacher[key] = str(candidate)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    bases = base if isinstance(base, list) else [base]
+    merged: dict[str, Any] = {}
+    for b in bases:
+        merged = deep_merge(merged, load_raw(path.parent / b, _seen + (path,)))
+    return deep_merge(merged, data)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], value parsed as a YAML scalar/list)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value (e.g. train.epochs=3).")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key; write e.g. data.batch_size=128.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            if not isinstance(node.get(k), dict):
+                if k in node and node[k] is not None:
+                    raise ConfigError(f"override {text!r}: {k!r} is not a section, it holds {node[k]!r}.")
+                node[k] = {}
+            node = node[k]
+        node[keys[-1]] = value
+    return data
+
+
+def _known_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names valid at ``loc`` (for "did you mean" suggestions)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        current = candidates[0] if candidates else None
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(loc[-1]), _known_fields(RunConfig, loc), n=1)
+            hint = f" Did you mean {'.'.join(map(str, loc[:-1] + (close[0],)))!r}?" if close else ""
+            lines.append(f"unknown key {key!r}.{hint}")
+        elif err["type"] == "missing":
+            lines.append(f"missing required key {key!r}.")
+        else:
+            value = err.get("input")
+            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            lines.append(f"{key}: {err['msg']}{shown}.")
+    return f"{source}: invalid config:\n  " + "\n  ".join(lines)
+
+
+def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None) -> RunConfig:
+    """Load, merge ``base:`` files, apply dotted overrides, validate."""
+    data = apply_overrides(load_raw(path), overrides or [])
+    return validate(data, str(path))
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

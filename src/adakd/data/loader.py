@@ -1,0 +1,187 @@
+"""A data loader whose whole dataset lives on the training device (the airbench idea).
+
+Images stay uint8 ``[N, C, H, W]`` on the device; each batch is gathered by index, augmented
+with batched ops (:mod:`adakd.data.augment`) and normalised there: no worker processes, no
+per-sample Python. The order and the augmentation draws of an epoch are a function of
+``(seed, epoch)`` only, so a loader restored with :meth:`DeviceLoader.load_state_dict` continues
+with exactly the batch that would have come next.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import CheckpointError, ConfigError
+from .augment import crop_and_flip, normalization, normalize
+
+
+class Batch(NamedTuple):
+    """One batch: inputs ``x`` (float, normalised), labels ``y`` (int64) and ``index``, the int64
+    row of each sample in the loader's dataset (``0 <= index < len(dataset)``; CRD's memory bank key)."""
+
+    x: Tensor
+    y: Tensor
+    index: Tensor
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A well-mixed 63-bit seed for ``(seed, epoch)``."""
+    state = np.random.SeedSequence([seed % 2**64, epoch % 2**64]).generate_state(1, np.uint64)[0]
+    return int(state) >> 1
+
+
+def _as_tensor(array: Any, dtype: torch.dtype) -> Tensor:
+    if isinstance(array, Tensor):
+        return array.to(dtype)
+    array = np.asarray(array)
+    if not array.flags.writeable:
+        array = array.copy()
+    return torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
+
+
+class DeviceLoader:
+    """Batches of a device-resident uint8 dataset with random crop + flip + normalisation.
+
+    Training (``shuffle=True``): every epoch is a permutation drawn from ``(seed, epoch)``;
+    ranks of a DDP job take disjoint strided slices ``perm[rank::world_size]`` of the same
+    permutation, made equal in length (cut with ``drop_last``, else padded by wrapping around),
+    so every rank runs ``len(loader)`` steps. Augmentation, when on: a per-sample random crop of
+    the image zero-padded by ``crop_padding`` and a per-sample horizontal flip with p = 0.5.
+
+    Evaluation (``shuffle=False``): the rows in order, no augmentation, each pass from the start;
+    with several ranks the strided slices are left unequal (no sample is repeated).
+
+    ``state_dict()`` holds ``epoch`` and ``position`` (batches of the epoch already yielded);
+    an interrupted iteration resumes at ``position``, a finished one moves to the next epoch.
+    """
+
+    def __init__(self, images: Any, labels: Any, *, mean: Sequence[float], std: Sequence[float], batch_size: int,
+                 device: torch.device | str | None = None, shuffle: bool = False, augment: bool = False,
+                 crop_padding: int = 0, flip: bool = False, drop_last: bool = False, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, channels_last: bool = False,
+                 dtype: torch.dtype = torch.float32) -> None:
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        self.images = _as_tensor(images, torch.uint8).to(device)
+        self.labels = _as_tensor(labels, torch.int64).to(device)
+        if self.images.ndim != 4 or self.labels.shape != (self.images.shape[0],):
+            raise ConfigError(f"DeviceLoader needs images [N, C, H, W] and labels [N]; got "
+                              f"{tuple(self.images.shape)} and {tuple(self.labels.shape)}.")
+        if self.images.shape[0] == 0:
+            raise ConfigError("DeviceLoader got an empty dataset; check the data split and subset settings.")
+        if batch_size <= 0:
+            raise ConfigError(f"batch_size={batch_size} must be positive.")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ConfigError(f"rank={rank}, world_size={world_size}: need 0 <= rank < world_size.")
+        if crop_padding < 0:
+            raise ConfigError(f"crop_padding={crop_padding} must be >= 0.")
+        self.device = device
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment
+        self.crop_padding = crop_padding if augment else 0
+        self.flip = flip and augment
+        self.drop_last = drop_last
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.channels_last = channels_last
+        self.dtype = dtype
+        self.scale, self.shift = normalization(mean, std, device)
+        if self.scale.shape[1] != self.images.shape[1]:
+            raise ConfigError(f"mean/std have {self.scale.shape[1]} values but the images have "
+                              f"{self.images.shape[1]} channels.")
+        self.epoch = 0
+        self.position = 0
+        self._plan_cache: tuple[int, tuple[Tensor, Tensor | None, Tensor | None]] | None = None
+
+    # -- sizes -------------------------------------------------------------------------------
+    @property
+    def num_rows(self) -> int:
+        """Samples in the whole dataset (all ranks)."""
+        return int(self.images.shape[0])
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank sees per epoch (before ``drop_last`` cuts the last partial batch)."""
+        n, w = self.num_rows, self.world_size
+        if w == 1:
+            return n
+        if self.drop_last:
+            return n // w
+        if self.shuffle:
+            return math.ceil(n / w)
+        return len(range(self.rank, n, w))
+
+    def __len__(self) -> int:
+        m = self.num_samples
+        return m // self.batch_size if self.drop_last else math.ceil(m / self.batch_size)
+
+    # -- state ---------------------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` from its first batch."""
+        self.epoch = int(epoch)
+        self.position = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "num_rows": self.num_rows,
+                "batch_size": self.batch_size, "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        ours = self.state_dict()
+        for key in ("seed", "num_rows", "batch_size", "world_size"):
+            if key in state and state[key] != ours[key]:
+                raise CheckpointError(
+                    f"the saved data-loader state has {key}={state[key]}, this run has {ours[key]}: resume with "
+                    "the same data settings, seed and number of processes (or start a fresh run).")
+        position = int(state["position"])
+        if not 0 <= position <= len(self):
+            raise CheckpointError(f"the saved data-loader position {position} is outside [0, {len(self)}].")
+        self.epoch, self.position = int(state["epoch"]), position
+
+    # -- iteration ---------------------------------------------------------------------------
+    def _plan(self, epoch: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """This rank's row order and augmentation draws for ``epoch`` (on the device)."""
+        if self._plan_cache is not None and self._plan_cache[0] == epoch:
+            return self._plan_cache[1]
+        n, w = self.num_rows, self.world_size
+        gen = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        if w > 1 and self.drop_last:
+            order = order[: (n // w) * w]
+        elif w > 1 and self.shuffle:
+            total = math.ceil(n / w) * w
+            order = order.repeat(math.ceil(total / n))[:total]
+        offsets = flips = None
+        if self.crop_padding > 0:
+            offsets = torch.randint(0, 2 * self.crop_padding + 1, (order.numel(), 2), generator=gen)
+            offsets = offsets[self.rank::w].to(self.device)
+        if self.flip:
+            flips = (torch.rand(order.numel(), generator=gen) < 0.5)[self.rank::w].to(self.device)
+        plan = (order[self.rank::w].to(self.device), offsets, flips)
+        self._plan_cache = (epoch, plan)
+        return plan
+
+    def batch(self, rows: Tensor, offsets: Tensor | None = None, flips: Tensor | None = None) -> Batch:
+        """Gather ``rows`` (device int64), apply the given crop offsets / flip mask, normalise."""
+        x = crop_and_flip(self.images.index_select(0, rows), offsets, flips, self.crop_padding)
+        x = normalize(x, self.scale, self.shift, self.dtype, self.channels_last)
+        return Batch(x, self.labels.index_select(0, rows), rows)
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch = self.epoch
+        start = self.position if self.shuffle else 0
+        rows, offsets, flips = self._plan(epoch)
+        bs = self.batch_size
+        for step in range(start, len(self)):
+            part = slice(step * bs, (step + 1) * bs)
+            batch = self.batch(rows[part], None if offsets is None else offsets[part],
+                               None if flips is None else flips[part])
+            if self.shuffle:
+                self.position = step + 1
+            yield batch
+        if self.shuffle and self.epoch == epoch:
+            self.epoch, self.position = epoch + 1, 0

@@ -1,0 +1,1 @@
+"""Training engine: run directory, checkpoints, device/precision, the trainer loop."""

@@ -1,0 +1,113 @@
+"""The run directory: the unit of record of one run.
+
+    RUN_DIR/
+      config.yaml          resolved config (every default spelled out)
+      metrics.jsonl        one JSON line per epoch (epoch, lr, losses, accuracies, seconds, ...)
+      summary.json         best/last top-1, epochs, train seconds, images/s, ...
+      train.log            the log
+      checkpoints/last.pt  full training state (resume); best.pt (best student); student.pt (final student weights)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import AdakdError
+from .checkpoint import atomic_write_text
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class RunDir:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    # -- layout -----------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    def create(self) -> None:
+        try:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write_test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise AdakdError(
+                f"cannot write to run directory {self.path}: {exc.strerror or exc}. "
+                "Choose a writable location with output_dir=... or run_dir=..."
+            ) from None
+
+    # -- records ----------------------------------------------------------------
+    def write_config(self, text: str) -> None:
+        atomic_write_text(self.config_path, text)
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(_jsonable(record)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        out = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a kill: ignore it
+                continue
+        return out
+
+    def truncate_metrics(self, keep: int) -> None:
+        """Keep the first ``keep`` epoch records (a resumed run rewrites what came after its checkpoint)."""
+        records = [r for r in self.read_metrics() if r.get("kind", "epoch") != "epoch" or r.get("epoch", 0) <= keep]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(_jsonable(r)) + "\n" for r in records))
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write_text(self.summary_path, json.dumps(_jsonable(summary), indent=2) + "\n")
+
+    def read_summary(self) -> dict[str, Any] | None:
+        if not self.summary_path.exists():
+            return None
+        return json.loads(self.summary_path.read_text())
+
+    # -- log ------------------------------------------------------------------------
+    def logger(self, name: str = "adakd") -> logging.Logger:
+        logger = logging.getLogger(f"{name}.{self.path.resolve()}")
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        if not logger.handlers:
+            handler = logging.FileHandler(self.path / "train.log")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            logger.addHandler(handler)
+        return logger

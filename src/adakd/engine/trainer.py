@@ -1,0 +1,473 @@
+"""The training loop: phases x epochs x steps, evaluation, checkpoints, metrics, resume.
+
+    Trainer(cfg).run() -> summary dict
+
+It builds data, student, teacher, distiller and strategy from the config, then
+for every phase of the strategy (e.g. "pretrain", "search", "train") runs its
+epochs: ``strategy``'s step on each batch, test accuracy at epoch ends, one line
+of metrics.jsonl, an atomic ``last.pt`` (full state) and ``best.pt``. A killed run
+continues from ``last.pt`` with ``resume``; SIGTERM/SIGINT save first, then stop.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..config import RunConfig, dump_config
+from ..data import build_data
+from ..errors import AdakdError, CheckpointError
+from ..losses.base import DistillContext
+from ..losses.build import build_distiller
+from ..models import build_model
+from ..models.contract import ContractModel
+from ..registry import STRATEGIES
+from ..strategies import Phase, StrategyContext
+from .checkpoint import load_checkpoint, load_weights, save_checkpoint
+from .device import resolve_channels_last, resolve_device, resolve_precision
+from .evaluate import evaluate
+from .optim import StepSchedule, build_optimizer, parameters_of
+from .run_dir import RunDir
+from .seeding import rng_state, seed_everything, set_rng_state
+from .teacher import load_teacher, teacher_checkpoint_path
+
+
+class RunInterrupted(AdakdError):
+    """SIGTERM/SIGINT: the state was saved; ``--resume`` continues."""
+
+    exit_code = 130
+
+
+class NonFiniteLoss(AdakdError):
+    """A NaN/inf loss; the last good checkpoint is kept."""
+
+
+@dataclass
+class EpochAccumulator:
+    """Sums of the step outputs, kept on the device (no host sync per step)."""
+
+    sums: dict[str, Tensor] = field(default_factory=dict)
+    steps: int = 0
+    samples: int = 0
+    first_bad_step: Tensor | None = None
+
+    def add(self, terms: dict[str, Tensor], batch_size: int, step: int) -> None:
+        for key, value in terms.items():
+            value = value.detach()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
+        loss = terms["loss"]
+        bad = ~torch.isfinite(loss)
+        marker = torch.where(bad, torch.full_like(loss, float(step)), torch.full_like(loss, -1.0))
+        if self.first_bad_step is None:
+            self.first_bad_step = marker
+        else:
+            self.first_bad_step = torch.where(self.first_bad_step >= 0, self.first_bad_step, marker)
+        self.steps += 1
+        self.samples += batch_size
+
+    def bad_step(self) -> int | None:
+        if self.first_bad_step is None:
+            return None
+        step = int(self.first_bad_step.item())
+        return step if step >= 0 else None
+
+    def means(self) -> dict[str, float]:
+        out = {}
+        for key, value in self.sums.items():
+            v = value.item()
+            out[key] = 100.0 * v / max(self.samples, 1) if key == "correct" else v / max(self.steps, 1)
+        if "correct" in out:
+            out["train_top1"] = out.pop("correct")
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": {k: v.cpu() for k, v in self.sums.items()}, "steps": self.steps, "samples": self.samples}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        self.sums = {k: v.to(device) for k, v in state["sums"].items()}
+        self.steps, self.samples = state["steps"], state["samples"]
+
+
+class _StopFlag:
+    """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # second signal: give up immediately
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class Trainer:
+    """Runs one config end to end; see the module docstring."""
+
+    def __init__(self, cfg: RunConfig, log: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self._print = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+    # ------------------------------------------------------------------ setup
+    def _log(self, msg: str) -> None:
+        self._print(msg)
+        if hasattr(self, "logger"):
+            self.logger.info(msg)
+
+    def _choose_run_dir(self) -> RunDir:
+        base = self.cfg.resolved_run_dir()
+        if self.cfg.resume or not base.exists() or not any(base.iterdir()):
+            return RunDir(base)
+        if self.cfg.run_dir:  # explicit directory: never write over another run
+            raise AdakdError(f"run directory {base} already holds a run: pass --resume to continue it, "
+                             "or choose another run_dir.")
+        for i in range(1, 10_000):
+            candidate = base.with_name(f"{base.name}-{i}")
+            if not candidate.exists():
+                return RunDir(candidate)
+        raise AdakdError(f"too many runs named {base}; choose another name.")
+
+    def build_student(self) -> ContractModel:
+        info = self.data.info
+        return build_model(self.cfg.student.name, num_classes=info.num_classes, in_channels=info.in_channels,
+                           image_size=info.image_size, **self.cfg.student.kwargs)
+
+    def _prepare_model(self, model: nn.Module) -> nn.Module:
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.run_dir = self._choose_run_dir()
+        self.run_dir.create()
+        self.logger = self.run_dir.logger()
+        self.run_dir.write_config(dump_config(cfg))
+        seed_everything(cfg.seed, cfg.train.deterministic)
+        self.device = resolve_device(cfg.device)
+        self.precision = resolve_precision(cfg.train.precision, self.device)
+        self.channels_last = resolve_channels_last(cfg.train.channels_last, self.precision)
+        self.data = build_data(cfg.data, self.device, seed=cfg.seed, channels_last=self.channels_last)
+        self.teacher: ContractModel | None = None
+        self.teacher_top1: float | None = None
+        if cfg.teacher is not None:
+            ckpt = teacher_checkpoint_path(cfg.teacher, cfg, lambda c: Trainer(c, self._print).run(), self._log)
+            self.teacher = self._prepare_model(load_teacher(cfg.teacher, self.data.info, self.device, ckpt))
+            self.teacher_top1 = evaluate(self.teacher, self.data.test, self.device, self.precision)["top1"]
+            self._log(f"teacher {cfg.teacher.name}: test top-1 {self.teacher_top1:.2f}%")
+        torch.manual_seed(cfg.seed)  # the student's init does not depend on whether a teacher was evaluated
+        self.student = self._prepare_model(self.build_student())
+        self.distiller = build_distiller(cfg.losses, self.student, self.teacher, num_samples=self.data.num_train)
+        if self.distiller is not None:
+            self._prepare_model(self.distiller)
+        self.strategy = STRATEGIES.build(cfg.strategy.name, StrategyContext(
+            student=self.student, teacher=self.teacher, distiller=self.distiller, ce_weight=cfg.ce_weight,
+            device=self.device, precision=self.precision, num_classes=self.data.info.num_classes,
+            options=dict(cfg.strategy.options), make_student=lambda: self._prepare_model(self.build_student()),
+            skip_nonfinite=cfg.train.on_nonfinite == "skip", epochs=cfg.train.epochs))
+        self.phases = self.strategy.phases()
+        if cfg.train.compile:
+            self.student.compile()
+
+    # ------------------------------------------------------------------ state
+    def _phase_optimizer(self, phase: Phase) -> tuple[torch.optim.Optimizer, StepSchedule]:
+        ocfg = self.cfg.train.optimizer
+        lr = phase.lr if phase.lr is not None else ocfg.lr
+        if ocfg.lr_reference_batch:
+            lr *= self.cfg.data.batch_size / ocfg.lr_reference_batch
+        optimizer = build_optimizer(parameters_of(phase.modules), ocfg, lr)
+        sched_cfg = self.cfg.train.schedule
+        if phase.schedule == "constant":
+            sched_cfg = sched_cfg.model_copy(update={"name": "constant", "warmup_epochs": 0.0})
+        schedule = StepSchedule(optimizer, sched_cfg, phase.epochs, self.steps_per_epoch)
+        return optimizer, schedule
+
+    @property
+    def steps_per_epoch(self) -> int:
+        n = len(self.data.train)
+        cap = self.cfg.train.max_steps_per_epoch
+        return min(n, cap) if cap else n
+
+    def _state(self, phase_index: int, epoch: int, step: int, optimizer: torch.optim.Optimizer,
+               acc: EpochAccumulator | None, position: int) -> dict[str, Any]:
+        return {
+            "kind": "training-state",
+            "phase_index": phase_index,
+            "phase": self.phases[phase_index].name,
+            "epoch": epoch,  # epochs completed in this phase
+            "step": step,  # steps completed in this phase
+            "position": position,  # steps completed within the current epoch (0 at epoch ends)
+            "model": self.student.state_dict(),
+            "distiller": None if self.distiller is None else self.distiller.state_dict(),
+            "strategy": self.strategy.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "loader": self.data.train.state_dict(),
+            "rng": rng_state(),
+            "accumulator": None if acc is None else acc.state_dict(),
+            "best": self.best,
+            "train_seconds": self.train_seconds,
+            "train_samples": self.train_samples,
+            "meta": self.meta(),
+        }
+
+    def meta(self) -> dict[str, Any]:
+        """What is needed to rebuild the student from a checkpoint alone (``adakd eval ckpt.pt``)."""
+        info = self.data.info
+        return {"model": self.cfg.student.name, "kwargs": self.cfg.student.kwargs,
+                "num_classes": info.num_classes, "in_channels": info.in_channels, "image_size": info.image_size,
+                "data": self.cfg.data.model_dump(mode="json")}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != "training-state":
+            raise CheckpointError(f"{self.run_dir.last_checkpoint} is not a training state; cannot resume from it.")
+        load_weights(self.student, state["model"], "the resumed checkpoint's student")
+        if self.distiller is not None and state["distiller"] is not None:
+            self.distiller.load_state_dict(state["distiller"])
+        self.strategy.load_state_dict(state["strategy"])
+        self.best = state["best"]
+        self.train_seconds = state["train_seconds"]
+        self.train_samples = state["train_samples"]
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> dict[str, Any]:
+        self.setup()
+        cfg = self.cfg
+        self.best: dict[str, Any] = {"top1": -1.0, "epoch": 0}
+        self.train_seconds = 0.0
+        self.train_samples = 0
+        self.skipped_steps = 0
+        resume_state = None
+        if cfg.resume and self.run_dir.last_checkpoint.exists():
+            resume_state = load_checkpoint(self.run_dir.last_checkpoint)
+            self._restore(resume_state)
+            self._log(f"resuming {self.run_dir.path}: phase {resume_state['phase']}, epoch {resume_state['epoch']}, "
+                      f"step {resume_state['position']} of the epoch")
+            if (self.run_dir.path / "checkpoints" / "student.pt").exists() and self.run_dir.read_summary():
+                self._log("run already finished; nothing to do")
+                return self.finish(final=False)
+        else:
+            self._log(f"run directory {self.run_dir.path}")
+            if self.run_dir.metrics_path.exists():
+                self.run_dir.metrics_path.unlink()
+        self._log(f"device {self.device}, precision {self.precision}, channels_last {self.channels_last}; "
+                  f"student {cfg.student.name} ({count_parameters(self.student):,} params), "
+                  f"strategy {cfg.strategy.name}, losses {list(cfg.losses) or ['ce only']}")
+        start_phase = resume_state["phase_index"] if resume_state else 0
+        with _StopFlag() as stop:
+            for index in range(start_phase, len(self.phases)):
+                self._run_phase(index, resume_state if index == start_phase else None, stop)
+        return self.finish(final=True)
+
+    def _run_phase(self, index: int, state: dict[str, Any] | None, stop: _StopFlag) -> None:
+        phase = self.phases[index]
+        if state is None and phase.on_start is not None:
+            phase.on_start()
+        optimizer, schedule = self._phase_optimizer(phase)
+        start_epoch, step, position = 0, 0, 0
+        acc_state = None
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            start_epoch, step, position = state["epoch"], state["step"], state["position"]
+            self.data.train.load_state_dict(state["loader"])
+            set_rng_state(state["rng"])
+            acc_state = state["accumulator"]
+            self.run_dir.truncate_metrics(self._global_epoch(index, start_epoch))
+        for epoch in range(start_epoch, phase.epochs):
+            acc = EpochAccumulator()
+            if acc_state is not None and position > 0:
+                acc.load_state_dict(acc_state, self.device)
+            else:
+                self.data.train.set_epoch(self._global_epoch(index, epoch))
+                position = 0
+            acc_state = None
+            step = self._run_epoch(index, phase, epoch, step, position, optimizer, schedule, acc, stop)
+            position = 0
+            self._end_epoch(index, phase, epoch, step, optimizer, schedule, acc)
+
+    def _global_epoch(self, phase_index: int, epoch: int) -> int:
+        return sum(p.epochs for p in self.phases[:phase_index]) + epoch
+
+    def _run_epoch(self, index: int, phase: Phase, epoch: int, step: int, position: int,
+                   optimizer: torch.optim.Optimizer, schedule: StepSchedule, acc: EpochAccumulator,
+                   stop: _StopFlag) -> int:
+        cfg = self.cfg
+        self.strategy.on_epoch_start(epoch)
+        phase.model.train()
+        spe = self.steps_per_epoch
+        bar = self._progress(spe, initial=position, desc=f"{phase.name} {epoch + 1}/{phase.epochs}")
+        t0 = time.perf_counter()
+        samples0 = acc.samples
+        for i, batch in enumerate(self.data.train, start=position):
+            if i >= spe:
+                break
+            lr = schedule.set_step(step)
+            ctx = DistillContext(labels=batch.y, indices=batch.index, epoch=epoch, step=step,
+                                 epochs_total=phase.epochs, progress=step / spe)
+            terms = phase.step(batch, ctx, optimizer)
+            if cfg.train.on_nonfinite == "skip" and not bool(torch.isfinite(terms["loss"])):
+                self.skipped_steps += 1  # the strategy did not step; keep the epoch's means clean
+            else:
+                acc.add(terms, batch.y.shape[0], step)
+            step += 1
+            if bar is not None:
+                bar.update(1)
+                if i % 25 == 0:
+                    bar.set_postfix(loss=f"{terms['loss'].item():.3f}", lr=f"{lr:.4f}")
+            if cfg.train.on_nonfinite == "error" and (i % 50 == 0 or i == spe - 1):
+                self._check_finite(acc, terms, phase, epoch)
+            every = cfg.train.checkpoint_every_steps
+            if stop.signum is not None or (every and step % every == 0 and i + 1 < spe):
+                self.train_seconds += time.perf_counter() - t0
+                self.train_samples += acc.samples - samples0
+                t0, samples0 = time.perf_counter(), acc.samples
+                save_checkpoint(self.run_dir.last_checkpoint, self._state(index, epoch, step, optimizer, acc, i + 1))
+                if stop.signum is not None:
+                    if bar is not None:
+                        bar.close()
+                    raise RunInterrupted(f"stopped by signal {stop.signum}; state saved in "
+                                         f"{self.run_dir.last_checkpoint}. Continue with --resume.")
+        if bar is not None:
+            bar.close()
+        self._sync()
+        self.train_seconds += time.perf_counter() - t0
+        self.train_samples += acc.samples - samples0
+        self._check_finite(acc, None, phase, epoch)
+        return step
+
+    def _check_finite(self, acc: EpochAccumulator, terms: dict[str, Tensor] | None, phase: Phase, epoch: int) -> None:
+        bad = acc.bad_step()
+        if bad is None:
+            return
+        which = ""
+        if terms is not None:
+            names = [k for k, v in terms.items() if k != "correct" and not bool(torch.isfinite(v))]
+            which = f" (non-finite terms: {', '.join(names)})" if names else ""
+        raise NonFiniteLoss(
+            f"loss became NaN/inf at step {bad} (phase {phase.name}, epoch {epoch + 1}){which}. The last good "
+            f"checkpoint is {self.run_dir.last_checkpoint}. Lower the lr or a loss weight, use precision=fp32, "
+            "or set train.on_nonfinite=skip to skip such steps.")
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _end_epoch(self, index: int, phase: Phase, epoch: int, step: int, optimizer: torch.optim.Optimizer,
+                   schedule: StepSchedule, acc: EpochAccumulator) -> None:
+        cfg = self.cfg
+        record: dict[str, Any] = {"kind": "epoch", "phase": phase.name, "epoch": self._global_epoch(index, epoch) + 1,
+                                  "phase_epoch": epoch + 1, "lr": schedule.set_step(max(step - 1, 0))}
+        record.update(acc.means())
+        last_epoch = epoch + 1 == phase.epochs
+        if phase.evaluate and ((epoch + 1) % cfg.train.eval_every == 0 or last_epoch):
+            result = evaluate(phase.model, self.data.test, self.device, self.precision)
+            record.update({"test_top1": result["top1"], "test_top5": result["top5"], "test_loss": result["loss"]})
+            if phase is self.phases[-1] and result["top1"] > self.best["top1"]:
+                self.best = {"top1": result["top1"], "top5": result["top5"], "epoch": record["epoch"]}
+                save_checkpoint(self.run_dir.checkpoints / "best.pt",
+                                {"kind": "student", "model": self.strategy.export_student().state_dict(),
+                                 "meta": self.meta(), "epoch": record["epoch"], "top1": result["top1"]})
+        record.update(self.strategy.epoch_metrics())
+        if self.skipped_steps:
+            record["skipped_steps"] = self.skipped_steps
+        record["train_seconds"] = round(self.train_seconds, 3)
+        record["seconds"] = round(time.time(), 3)
+        self.run_dir.append_metrics(record)
+        save_checkpoint(self.run_dir.last_checkpoint, self._state(index, epoch + 1, step, optimizer, None, 0))
+        msg = f"[{phase.name} {epoch + 1}/{phase.epochs}] loss {record.get('loss', float('nan')):.4f}"
+        if "train_top1" in record:
+            msg += f" train {record['train_top1']:.2f}%"
+        if "test_top1" in record:
+            msg += f" test {record['test_top1']:.2f}% (top-5 {record['test_top5']:.2f}%)"
+        self._log(msg)
+        # the next epoch of the same phase starts from a fresh permutation
+        if last_epoch:
+            return
+
+    def _progress(self, total: int, initial: int, desc: str):
+        if not self.cfg.progress or not sys.stderr.isatty():
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
+
+    # ------------------------------------------------------------------ end
+    def finish(self, final: bool) -> dict[str, Any]:
+        last = None
+        records = [r for r in self.run_dir.read_metrics() if r.get("kind") == "epoch" and "test_top1" in r
+                   and r.get("phase") == self.phases[-1].name]
+        if records:
+            last = records[-1]
+        student = self.strategy.export_student()
+        if final:
+            save_checkpoint(self.run_dir.checkpoints / "student.pt",
+                            {"kind": "student", "model": student.state_dict(), "meta": self.meta()})
+        summary = {
+            "name": self.cfg.name,
+            "run_dir": str(self.run_dir.path),
+            "student": self.cfg.student.name,
+            "teacher": self.cfg.teacher.name if self.cfg.teacher else None,
+            "losses": list(self.cfg.losses),
+            "strategy": self.cfg.strategy.name,
+            "seed": self.cfg.seed,
+            "epochs": self.cfg.train.epochs,
+            "best_top1": self.best["top1"],
+            "best_epoch": self.best["epoch"],
+            "last_top1": last["test_top1"] if last else float("nan"),
+            "last_top5": last["test_top5"] if last else float("nan"),
+            "teacher_top1": self.teacher_top1,
+            "train_seconds": round(self.train_seconds, 2),
+            "images_per_second": round(self.train_samples / self.train_seconds, 1) if self.train_seconds else 0.0,
+            "student_parameters": count_parameters(student),
+            "device": str(self.device),
+            "precision": self.precision,
+            "channels_last": self.channels_last,
+        }
+        summary.update(self.strategy.summary_extras() if hasattr(self.strategy, "summary_extras") else {})
+        self.run_dir.write_summary(summary)
+        self._log(f"done: best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']}), "
+                  f"last {summary['last_top1']:.2f}%, {summary['train_seconds']:.0f} s, "
+                  f"{summary['images_per_second']:.0f} img/s -> {self.run_dir.path}")
+        return summary
+
+
+def train(cfg: RunConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run ``cfg`` (and, with ``compare_scratch``, the same student without a teacher); return the summary."""
+    summary = Trainer(cfg, log).run()
+    if cfg.compare_scratch and cfg.teacher is not None:
+        run_dir = Path(summary["run_dir"]) / "scratch"
+        scratch_cfg = cfg.model_copy(update={
+            "teacher": None, "losses": {}, "strategy": cfg.strategy.model_copy(update={"name": "standard", "options": {}}),
+            "ce_weight": 1.0, "compare_scratch": False, "run_dir": str(run_dir), "name": f"{cfg.name}-scratch",
+            "resume": cfg.resume})
+        scratch = Trainer(scratch_cfg, log).run()
+        summary["scratch"] = {k: scratch[k] for k in ("best_top1", "last_top1", "train_seconds", "images_per_second")}
+        RunDir(summary["run_dir"]).write_summary(summary)
+    return summary
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, float) and math.isfinite(x)

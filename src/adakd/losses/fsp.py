@@ -1,0 +1,89 @@
+"""Flow of solution procedure (Yim, Joo, Bae, Kim, CVPR 2017)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError, ShapeError
+from ..models.contract import Features, FeatureShapes
+from .base import DistillContext, Distiller, register_distiller, zero_like
+from .connectors import full_precision, loss_dtype, paired_stage_maps, pool_to_common
+
+
+def fsp_matrix(bottom: Tensor, top: Tensor) -> Tensor:
+    """G[n, i, j] = mean_{hw} top[n, i, hw] * bottom[n, j, hw] -> [B, C_top, C_bottom].
+
+    The two maps are first average-pooled to the smaller spatial size.
+    """
+    bottom, top = pool_to_common(bottom, top)
+    return torch.bmm(top.flatten(2), bottom.flatten(2).transpose(1, 2)) / (top.shape[2] * top.shape[3])
+
+
+def fsp_loss(student_stages: list[Tensor], teacher_stages: list[Tensor]) -> Tensor:
+    """sum over consecutive stage pairs (stem first) of mean (G_s - G_t)^2."""
+    terms = []
+    with full_precision(student_stages[0]):
+        for k in range(len(student_stages) - 1):
+            g_s = fsp_matrix(loss_dtype(student_stages[k]), loss_dtype(student_stages[k + 1]))
+            g_t = fsp_matrix(loss_dtype(teacher_stages[k].detach()), loss_dtype(teacher_stages[k + 1].detach()))
+            terms.append((g_s - g_t).pow(2).mean())
+    return torch.stack(terms).sum()
+
+
+@register_distiller
+class FSP(Distiller):
+    """FSP matrices (Gram matrices between consecutive stage maps, stem first) of the student
+    regress onto the teacher's:
+
+        G^k = (1 / HW) F^k (F^{k+1})^T  in R^{C_{k+1} x C_k},   L = sum_k mean (G_s^k - G_t^k)^2
+
+    so student and teacher need equal channel counts stage by stage (spatial sizes may differ:
+    each pair of maps is pooled to its smaller size).
+
+    Two stages, as in the paper and the CRD code: the pre-training stage (``pretrain_epochs``,
+    default 30) trains the student on ``L`` alone (``pretrain_loss``, ``pretrain_modules`` ->
+    [student]); in the main stage the CRD code adds nothing (its ``loss_kd`` is 0 for FSP), so by
+    default this loss returns 0 there; ``main_stage=True`` adds ``weight * L`` (weight default 50,
+    the CRD script's -b). It does not decompose into per-stage spots (each term spans two stages),
+    so SAKD cannot wrap it.
+
+    Yim, Joo, Bae, Kim, "A Gift from Knowledge Distillation: Fast Optimization, Network
+    Minimization and Transfer Learning", CVPR 2017.
+    """
+
+    name = "fsp"
+    description = "FSP: match Gram matrices between consecutive stage maps (pre-training stage)"
+    paper = ("Yim et al., A Gift from Knowledge Distillation: Fast Optimization, Network Minimization and "
+             "Transfer Learning, CVPR 2017")
+    default_weight = 50.0
+    spot_kind = "stages"
+    pretrain_epochs = 30
+
+    def __init__(self, student: FeatureShapes, teacher: FeatureShapes, weight: float | None = None,
+                 main_stage: bool = False, pretrain_epochs: int | None = None) -> None:
+        super().__init__(student, teacher, weight)
+        if pretrain_epochs is not None:
+            if int(pretrain_epochs) < 0:
+                raise ConfigError(f"fsp pretrain_epochs={pretrain_epochs} must be >= 0.")
+            self.pretrain_epochs = int(pretrain_epochs)
+        self.main_stage = bool(main_stage)
+        pairs = paired_stage_maps(student, teacher, "fsp", include_stem=True)
+        s_channels = [s[0] for s, _ in pairs]
+        t_channels = [t[0] for _, t in pairs]
+        if s_channels != t_channels:
+            raise ShapeError(
+                f"fsp compares C x C Gram matrices, so it needs equal channel counts per stage; the student "
+                f"has {s_channels} and the teacher {t_channels}. Use a pair of equal widths (e.g. "
+                f"resnet56->resnet20) or a method without this constraint (at, nst, fitnet)."
+            )
+
+    def forward(self, s: Features, t: Features, ctx: DistillContext) -> dict[str, Tensor]:
+        if not self.main_stage:
+            return {self.name: zero_like(s.logits)}
+        return {self.name: self.weight * fsp_loss(s.stages, t.stages)}
+
+    def pretrain_loss(self, s: Features, t: Features, ctx: DistillContext) -> Tensor:
+        return fsp_loss(s.stages, t.stages)
+
+    def pretrain_modules(self, student: nn.Module) -> list[nn.Module]:
+        return [student]

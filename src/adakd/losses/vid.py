@@ -1,0 +1,95 @@
+"""Variational information distillation (Ahn et al., CVPR 2019)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..models.contract import FeatureShapes
+from .base import DistillContext, Distiller, register_distiller
+from .connectors import full_precision, paired_stage_maps, pool_to_common
+
+
+class GaussianRegressor(nn.Module):
+    """Gaussian q(t | s) with mean ``mu(s)`` from 1x1 convs and a learned per-channel variance.
+
+        mu(s)  = conv1x1(ReLU(conv1x1(ReLU(conv1x1(s)))))      (no biases, as in the authors' code)
+        var_c  = softplus(alpha_c) + eps,   alpha initialised so that var = init_var
+        -log q = 0.5 * ( log var_c + (mu - t)^2 / var_c )      (+ constant, dropped)
+    """
+
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int,
+                 init_var: float = 5.0, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.mean = nn.Sequential(
+            nn.Conv2d(in_channels, mid_channels, kernel_size=1, bias=False),
+            nn.ReLU(),
+            nn.Conv2d(mid_channels, mid_channels, kernel_size=1, bias=False),
+            nn.ReLU(),
+            nn.Conv2d(mid_channels, out_channels, kernel_size=1, bias=False),
+        )
+        self.eps = float(eps)
+        # softplus^{-1}(v) = log(exp(v) - 1) = v + log(1 - exp(-v)), with v = init_var - eps
+        v = init_var - eps
+        alpha = v + math.log(-math.expm1(-v))
+        self.alpha = nn.Parameter(torch.full((out_channels,), alpha))
+
+    def variance(self) -> Tensor:
+        return F.softplus(self.alpha) + self.eps
+
+    def negative_log_likelihood(self, s: Tensor, t: Tensor) -> Tensor:
+        """mean over (B, C, H, W) of 0.5 * (log var + (mu(s) - t)^2 / var)."""
+        mu = self.mean(s)
+        var = self.variance().view(1, -1, 1, 1)
+        return (0.5 * (torch.log(var) + (mu - t).pow(2) / var)).mean()
+
+
+@register_distiller
+class VID(Distiller):
+    """Variational information distillation at every stage output (after the stem).
+
+    Maximises a variational lower bound on the mutual information I(t; s) between teacher and student
+    stage maps, with a Gaussian q(t | s) (:class:`GaussianRegressor`) per stage k:
+
+        L_k = mean_{b,c,h,w} 0.5 * ( log var_c + (mu_k(s)_{bchw} - t_{bchw})^2 / var_c )
+        L   = weight * sum_k L_k
+
+    Maps of different spatial sizes are adaptive-average-pooled to the smaller one first (the CRD
+    repository pools the student down, or the teacher when it is the larger). The hidden width of
+    the regressor is the teacher's channel count (CRD repository) unless ``mid_channels`` is given.
+    Defaults weight 1, init_var 5, eps 1e-5. ``spot_loss(k, ...)`` uses regressor k.
+
+    Ahn, Hu, Damianou, Lawrence, Dai, "Variational Information Distillation for Knowledge Transfer", CVPR 2019.
+    """
+
+    name = "vid"
+    description = "VID: Gaussian negative log-likelihood of each teacher stage map given the student's"
+    paper = "Ahn et al., Variational Information Distillation for Knowledge Transfer, CVPR 2019"
+    default_weight = 1.0
+    spot_kind = "stages"
+
+    def __init__(self, student: FeatureShapes, teacher: FeatureShapes, weight: float | None = None,
+                 init_var: float = 5.0, eps: float = 1e-5, mid_channels: int | None = None) -> None:
+        super().__init__(student, teacher, weight)
+        if not eps > 0 or not init_var > eps:
+            raise ConfigError(f"vid needs eps > 0 and init_var > eps (got eps={eps}, init_var={init_var}; "
+                              f"defaults 1e-5 and 5).")
+        if mid_channels is not None and int(mid_channels) < 1:
+            raise ConfigError(f"vid mid_channels={mid_channels} must be >= 1, or unset for the teacher's width.")
+        pairs = paired_stage_maps(student, teacher, "vid")
+        self.regressors = nn.ModuleList(
+            GaussianRegressor(s[0], int(mid_channels) if mid_channels else t[0], t[0], init_var, eps)
+            for s, t in pairs
+        )
+
+    def spot_loss(self, i: int, s: Tensor, t: Tensor, ctx: DistillContext) -> Tensor:
+        regressor = self.regressors[i]
+        if s.shape[0] == 0:
+            return s.sum() * 0.0 + regressor.alpha.sum() * 0.0
+        with full_precision(s):
+            dtype = regressor.alpha.dtype
+            s, t = pool_to_common(s.to(dtype), t.detach().to(dtype))
+            return self.weight * regressor.negative_log_likelihood(s, t)

@@ -1,0 +1,1 @@
+"""Tables, summaries and plots from run directories."""

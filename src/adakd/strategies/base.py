@@ -1,0 +1,164 @@
+"""The strategy interface: HOW the student learns (one optimisation step, and its phases).
+
+The trainer knows nothing of any method. It asks the strategy for
+``trainable_modules()`` (what the main optimiser updates), then calls
+``train_step(batch, ctx, optimizer)`` once per mini-batch; the strategy runs the
+forward passes, the losses, the backward and the optimiser step, and returns the
+named loss terms as detached device tensors (no host sync).
+Adaptive strategies (SAKD, ABL) keep their own state (policy, meta variables,
+extra optimisers) in ``state_dict()`` so that a resumed run continues exactly,
+and may add phases before the main schedule (ABL's search).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data import Batch
+from ..engine.device import autocast
+from ..losses.base import DistillContext, Distiller
+from ..models.contract import ContractModel, Features
+
+
+@dataclass
+class Phase:
+    """One stretch of training with its own optimiser and schedule.
+
+    The default run has one phase, "train" (the config's schedule). A distiller with
+    a connector pre-training stage (FT, AB, FSP) adds "pretrain" before it; ABL adds
+    its "search" phase. ``on_start`` runs once when the phase begins (not on resume).
+    """
+
+    name: str
+    epochs: int
+    modules: list[nn.Module]
+    step: Callable[..., dict[str, Tensor]]
+    model: nn.Module  # evaluated on the test split at epoch ends
+    on_start: Callable[[], None] | None = None
+    evaluate: bool = True
+    #: Override of the optimiser's lr (pre-training phases use their own); None = the config's.
+    lr: float | None = None
+    #: "config" = the run's schedule; "constant" = fixed lr.
+    schedule: str = "config"
+
+
+@dataclass
+class StrategyContext:
+    """What a strategy is built with."""
+
+    student: ContractModel
+    teacher: ContractModel | None
+    distiller: Distiller | None
+    ce_weight: float
+    device: torch.device
+    precision: str
+    num_classes: int
+    options: dict[str, Any] = field(default_factory=dict)
+    #: Rebuilds a fresh student (same architecture, new init): ABL's retrain phase needs it.
+    make_student: Callable[[], ContractModel] | None = None
+    #: Skip (instead of taking) optimiser steps whose loss is NaN/inf.
+    skip_nonfinite: bool = False
+    epochs: int = 1
+
+
+class Strategy:
+    """Base class; subclasses register with ``@STRATEGIES.register(name)``."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, ctx: StrategyContext) -> None:
+        self.ctx = ctx
+        self.student = ctx.student
+        self.teacher = ctx.teacher
+        self.distiller = ctx.distiller
+        unknown = set(ctx.options) - set(self.option_names())
+        if unknown:
+            from ..errors import ConfigError
+
+            raise ConfigError(
+                f"strategy {self.name!r} has no option(s) {sorted(unknown)}; known: {sorted(self.option_names())}."
+            )
+
+    # -- configuration -------------------------------------------------------------
+    @classmethod
+    def option_names(cls) -> set[str]:
+        return set()
+
+    # -- what the main optimiser trains ------------------------------------------------
+    def trainable_modules(self) -> list[nn.Module]:
+        mods: list[nn.Module] = [self.student]
+        if self.distiller is not None:
+            mods.append(self.distiller)
+        return mods
+
+    # -- forward helpers -------------------------------------------------------------------
+    def teacher_features(self, x: Tensor) -> Features | None:
+        if self.teacher is None:
+            return None
+        with torch.no_grad(), autocast(self.ctx.device, self.ctx.precision):
+            return self.teacher.forward_features(x)
+
+    def ce(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return F.cross_entropy(logits.float(), labels)
+
+    # -- phases and steps ----------------------------------------------------------------------
+    def phases(self) -> list[Phase]:
+        """Pre-training of the distiller's connectors (if any), then the main schedule."""
+        out = []
+        d = self.distiller
+        pre_epochs = getattr(d, "pretrain_epochs", 0) if d is not None else 0
+        if d is not None and pre_epochs > 0:
+            out.append(Phase("pretrain", int(pre_epochs), d.pretrain_modules(self.student), self.pretrain_step,
+                             model=self.student, evaluate=False, schedule="constant"))
+        out.append(Phase("train", self.ctx.epochs, self.trainable_modules(), self.train_step, model=self.student))
+        return out
+
+    def train_step(self, batch: Batch, ctx: DistillContext, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def pretrain_step(self, batch: Batch, ctx: DistillContext, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
+        """One step of the distiller's connector pre-training (FT's paraphraser, AB/FSP initialisation)."""
+        assert self.distiller is not None
+        t = self.teacher_features(batch.x)
+        with autocast(self.ctx.device, self.ctx.precision):
+            s = self.student.forward_features(batch.x)
+            loss = self.distiller.pretrain_loss(s, t, ctx)
+        self.backward_and_step(optimizer, loss)
+        return {"pretrain": loss.detach().float(), "loss": loss.detach().float(), "correct": correct_count(s.logits, batch.y)}
+
+    def backward_and_step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> bool:
+        """zero_grad, backward, step; with ``skip_nonfinite`` a NaN/inf loss skips the step. True if stepped."""
+        optimizer.zero_grad(set_to_none=True)
+        if self.ctx.skip_nonfinite and not bool(torch.isfinite(loss.detach())):
+            self.skipped_steps = getattr(self, "skipped_steps", 0) + 1
+            return False
+        loss.backward()
+        optimizer.step()
+        return True
+
+    # -- hooks ----------------------------------------------------------------------------
+    def on_epoch_start(self, epoch: int) -> None:
+        if self.distiller is not None:
+            self.distiller.on_epoch_start(epoch)
+
+    def epoch_metrics(self) -> dict[str, Any]:
+        """Extra per-epoch metrics for metrics.jsonl (e.g. SAKD routing fractions)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def export_student(self) -> nn.Module:
+        """The deployable student alone (no connectors, heads or policies)."""
+        return self.student
+
+
+def correct_count(logits: Tensor, labels: Tensor) -> Tensor:
+    return (logits.detach().argmax(dim=1) == labels).sum()

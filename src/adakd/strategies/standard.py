@@ -1,0 +1,39 @@
+"""The standard strategy: every layer of the student learns from the same loss,
+
+    L = ce_weight * CE(z_S, y) + sum_k L_k(S, T)
+
+(plain supervised training when there is no teacher / no loss)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..data import Batch
+from ..engine.device import autocast
+from ..losses.base import DistillContext
+from ..registry import STRATEGIES
+from .base import Strategy, correct_count
+
+
+@STRATEGIES.register("standard", description="Plain KD: CE + the distillation losses, back-propagated through the whole student",
+                     paper="Hinton et al. 2015 (the common recipe of every KD code base)")
+class StandardStrategy(Strategy):
+    name = "standard"
+
+    def compute_loss(self, batch: Batch, ctx: DistillContext) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        t = self.teacher_features(batch.x)
+        with autocast(self.ctx.device, self.ctx.precision):
+            s = self.student.forward_features(batch.x)
+            terms = {"ce": self.ctx.ce_weight * self.ce(s.logits, batch.y)}
+            if self.distiller is not None and t is not None:
+                terms.update(self.distiller(s, t, ctx))
+        loss = sum(terms.values())
+        return loss, terms, s.logits
+
+    def train_step(self, batch: Batch, ctx: DistillContext, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
+        loss, terms, logits = self.compute_loss(batch, ctx)
+        self.backward_and_step(optimizer, loss)
+        out = {k: v.detach().float() for k, v in terms.items()}
+        out["loss"] = loss.detach().float()
+        out["correct"] = correct_count(logits, batch.y)
+        return out

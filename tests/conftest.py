@@ -1,0 +1,37 @@
+"""Shared fixtures: the real Fashion-MNIST files of ../shared/data, a private teacher cache, tiny configs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fashion_mnist_root() -> Path | None:
+    """Where the Fashion-MNIST IDX files are: $ADAKD_DATA, then ../shared/data beside the repo."""
+    candidates = []
+    if os.environ.get("ADAKD_DATA"):
+        candidates.append(Path(os.environ["ADAKD_DATA"]))
+    candidates.append(REPO.parent / "shared" / "data")
+    for c in candidates:
+        if (c / "fashion-mnist" / "train-images-idx3-ubyte.gz").exists() or (c / "train-images-idx3-ubyte.gz").exists():
+            return c
+    return None
+
+
+@pytest.fixture(scope="session")
+def fmnist_root() -> Path:
+    root = fashion_mnist_root()
+    if root is None:
+        pytest.fail("Fashion-MNIST files not found: set ADAKD_DATA to the folder holding fashion-mnist/")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Teacher cache and torch.compile cache inside the test's temp dirs, never the user's."""
+    cache = tmp_path_factory.getbasetemp() / "adakd-cache"
+    monkeypatch.setenv("ADAKD_CACHE", str(cache))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))

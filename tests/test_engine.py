@@ -1,0 +1,174 @@
+"""The trainer end to end on real Fashion-MNIST (tiny subsets): records, reproducibility, resume,
+teacher cache, evaluation, and the errors users hit."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from adakd.config import validate
+from adakd.engine.checkpoint import load_checkpoint, save_checkpoint
+from adakd.engine.trainer import NonFiniteLoss, Trainer, train
+from adakd.errors import AdakdError, CheckpointError
+
+TINY_MODEL = {"name": "resnet8", "kwargs": {"widths": [8, 16, 16]}}
+
+
+def tiny_config(tmp_path: Path, root: Path, **updates) -> dict:
+    cfg = {
+        "name": "tiny",
+        "seed": 0,
+        "device": "cpu",
+        "output_dir": str(tmp_path / "runs"),
+        "progress": False,
+        "data": {"name": "fashion_mnist", "root": str(root), "batch_size": 32, "eval_batch_size": 500,
+                 "train_subset": 256},
+        "student": TINY_MODEL,
+        "train": {"epochs": 2, "precision": "fp32", "channels_last": False,
+                  "optimizer": {"lr": 0.05}, "schedule": {"name": "cosine"}},
+    }
+    for key, value in updates.items():
+        node = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return cfg
+
+
+def run(tmp_path, root, **updates):
+    return train(validate(tiny_config(tmp_path, root, **updates)), log=lambda m: None)
+
+
+def student_state(run_dir: str) -> dict:
+    return load_checkpoint(Path(run_dir) / "checkpoints" / "student.pt")["model"]
+
+
+def test_run_directory_records(tmp_path, fmnist_root):
+    summary = run(tmp_path, fmnist_root)
+    d = Path(summary["run_dir"])
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "train.log", "checkpoints/last.pt",
+                 "checkpoints/best.pt", "checkpoints/student.pt"):
+        assert (d / name).exists(), name
+    lines = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    for r in lines:
+        for key in ("lr", "loss", "ce", "train_top1", "test_top1", "test_top5", "train_seconds"):
+            assert key in r
+    saved = json.loads((d / "summary.json").read_text())
+    for key in ("best_top1", "last_top1", "epochs", "train_seconds", "images_per_second"):
+        assert key in saved
+    assert saved["last_top1"] == lines[-1]["test_top1"]
+    assert 10.0 < saved["best_top1"] <= 100.0  # learned something beyond chance on 10 classes
+
+
+def test_same_seed_same_numbers(tmp_path, fmnist_root):
+    a = run(tmp_path / "a", fmnist_root)
+    b = run(tmp_path / "b", fmnist_root)
+    sa, sb = student_state(a["run_dir"]), student_state(b["run_dir"])
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a["last_top1"] == b["last_top1"]
+    c = run(tmp_path / "c", fmnist_root, seed=1)
+    sc = student_state(c["run_dir"])
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+class _Kill(Exception):
+    pass
+
+
+@pytest.mark.parametrize("every", [None, 3])
+def test_resume_after_kill_matches_uninterrupted(tmp_path, fmnist_root, monkeypatch, every):
+    """Kill after an epoch (or mid-epoch with step checkpoints), resume, end bitwise equal."""
+    straight = run(tmp_path / "straight", fmnist_root, **{"train.checkpoint_every_steps": every})
+    cfg = validate(tiny_config(tmp_path / "killed", fmnist_root, **{"train.checkpoint_every_steps": every}))
+    original = Trainer._run_epoch
+    calls = {"n": 0}
+
+    def dying_epoch(self, index, phase, epoch, step, position, optimizer, schedule, acc, stop):
+        calls["n"] += 1
+        if calls["n"] == 2:  # epoch 2: die after 5 of its 8 steps (with every=3, the last step checkpoint is at 4)
+            real_step, count = phase.step, [0]
+
+            def step_then_die(batch, ctx, opt):
+                out = real_step(batch, ctx, opt)
+                count[0] += 1
+                if count[0] == 5:
+                    raise _Kill()
+                return out
+
+            phase.step = step_then_die
+        return original(self, index, phase, epoch, step, position, optimizer, schedule, acc, stop)
+
+    monkeypatch.setattr(Trainer, "_run_epoch", dying_epoch)
+    with pytest.raises(_Kill):
+        train(cfg, log=lambda m: None)
+    monkeypatch.setattr(Trainer, "_run_epoch", original)
+    resumed = train(cfg.model_copy(update={"resume": True}), log=lambda m: None)
+    a, b = student_state(straight["run_dir"]), student_state(resumed["run_dir"])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["last_top1"] == straight["last_top1"]
+    epochs = [json.loads(x)["epoch"] for x in (Path(resumed["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+
+
+def test_rerun_gets_new_directory_and_resume_of_finished_run_is_noop(tmp_path, fmnist_root):
+    first = run(tmp_path, fmnist_root)
+    second = run(tmp_path, fmnist_root)
+    assert first["run_dir"] != second["run_dir"] and second["run_dir"].endswith("tiny-1")
+    again = run(tmp_path, fmnist_root, resume=True)
+    assert again["run_dir"] == first["run_dir"] and again["best_top1"] == first["best_top1"]
+
+
+def test_kd_with_teacher_recipe_is_cached_and_compared_with_scratch(tmp_path, fmnist_root):
+    recipe = tmp_path / "teacher.yaml"
+    teacher_cfg = tiny_config(tmp_path, fmnist_root, name="tiny-teacher", student={"name": "resnet8"})
+    teacher_cfg.pop("output_dir")
+    import yaml
+
+    recipe.write_text(yaml.safe_dump(teacher_cfg))
+    logs: list[str] = []
+    cfg = validate(tiny_config(tmp_path, fmnist_root, name="kd", teacher={"name": "resnet8", "recipe": str(recipe)},
+                               losses={"kd": {"temperature": 4.0}}, ce_weight=0.1, compare_scratch=True))
+    summary = train(cfg, log=logs.append)
+    assert any("training teacher" in m for m in logs)
+    assert summary["teacher_top1"] is not None and summary["teacher_top1"] > 10
+    assert "scratch" in summary and summary["scratch"]["best_top1"] > 0
+    metrics = [json.loads(x) for x in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert "kd" in metrics[0] and "ce" in metrics[0]
+    logs.clear()
+    train(cfg.model_copy(update={"compare_scratch": False}), log=logs.append)
+    assert any("using cached teacher" in m for m in logs)
+
+
+def test_teacher_checkpoint_that_does_not_fit(tmp_path, fmnist_root):
+    t = run(tmp_path, fmnist_root, name="t")  # a tiny resnet8 (widths 8/16/16)
+    cfg = validate(tiny_config(tmp_path, fmnist_root, name="kd",
+                               teacher={"name": "resnet20", "checkpoint": t["run_dir"]}, losses={"kd": {}}))
+    with pytest.raises(CheckpointError, match="does not fit"):
+        train(cfg, log=lambda m: None)
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "x.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}})
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_checkpoint(path)
+
+
+def test_nan_loss_stops_with_step_and_skip_mode_continues(tmp_path, fmnist_root):
+    with pytest.raises(NonFiniteLoss, match="step 1"):
+        run(tmp_path / "a", fmnist_root, **{"train.optimizer.lr": float("inf")})
+    summary = run(tmp_path / "b", fmnist_root, **{"train.optimizer.lr": float("inf"), "train.on_nonfinite": "skip",
+                                                   "train.epochs": 1})
+    assert summary["epochs"] == 1
+
+
+def test_unwritable_run_dir(tmp_path, fmnist_root):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(AdakdError, match="cannot write"):
+        run(tmp_path, fmnist_root, run_dir=str(blocker / "sub"))
