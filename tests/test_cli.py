@@ -37,7 +37,7 @@ def test_list_text(capsys):
 
 def write_cfg(tmp_path: Path, root: Path, **extra) -> Path:
     cfg = {"name": "cli", "device": "cpu", "output_dir": str(tmp_path / "runs"), "progress": False,
-           "data": {"name": "fashion_mnist", "root": str(root), "batch_size": 64, "train_subset": 256},
+           "data": {"name": "fashion_mnist", "root": str(root), "batch_size": 64, "train_subset": 256, "test_subset": 500},
            "student": {"name": "resnet8", "kwargs": {"widths": [8, 8, 16]}},
            "train": {"epochs": 1, "precision": "fp32", "schedule": {"name": "constant"}}}
     cfg.update(extra)
@@ -53,7 +53,7 @@ def test_train_then_eval(tmp_path, fmnist_root, capsys):
     assert summary["seed"] == 2
     assert main(["eval", summary["run_dir"], "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["count"] == 10000
+    assert result["count"] == 500
     assert result["top1"] == pytest.approx(summary["last_top1"], abs=1e-6)
     assert main(["eval", str(Path(summary["run_dir"]) / "checkpoints" / "student.pt")]) == 0
     assert "top-1" in capsys.readouterr().out

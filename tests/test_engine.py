@@ -24,7 +24,7 @@ def tiny_config(tmp_path: Path, root: Path, **updates) -> dict:
         "output_dir": str(tmp_path / "runs"),
         "progress": False,
         "data": {"name": "fashion_mnist", "root": str(root), "batch_size": 32, "eval_batch_size": 500,
-                 "train_subset": 256},
+                 "train_subset": 256, "test_subset": 1000},
         "student": TINY_MODEL,
         "train": {"epochs": 2, "precision": "fp32", "channels_last": False,
                   "optimizer": {"lr": 0.05}, "schedule": {"name": "cosine"}},

@@ -2,6 +2,7 @@
 
     adakd train CONFIG [key=value ...] [--resume] [--dry-run]
     adakd eval RUN_DIR_OR_CHECKPOINT [--split test] [--json]
+    adakd plot RUN_DIR
     adakd list models|distillers|strategies|datasets [--json]
 
 User errors print one message and exit with code 2 (``--debug`` shows the traceback).
@@ -40,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("plot", help="curves and method plots (ABL gammas, SAKD routing, AEKT relations) of a run")
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None, help="output folder (default RUN_DIR/plots)")
+
     p = sub.add_parser("list", help="what is available")
     p.add_argument("kind", choices=LIST_KINDS)
     p.add_argument("--json", action="store_true")
@@ -77,6 +82,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .report.plots import plot_run
+
+    for path in plot_run(args.run_dir, args.out):
+        print(path)
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from . import api  # noqa: F401  (imports every registry)
     from .registry import DATASETS, DISTILLERS, MODELS, STRATEGIES
@@ -95,7 +108,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "list": cmd_list}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

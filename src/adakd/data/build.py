@@ -81,5 +81,8 @@ def build_data(cfg: DataConfig, device: torch.device | str, *, seed: int, rank: 
     if len(val_idx):
         val = DeviceLoader(images[val_idx], labels[val_idx], batch_size=cfg.eval_batch_size, **norm)
     test_images, test_labels = dataset.load("test")
+    if cfg.test_subset is not None:  # quick experiments only: reported numbers use the whole test split
+        keep = balanced_subset(test_labels, cfg.test_subset, cfg.seed)
+        test_images, test_labels = test_images[keep], test_labels[keep]
     test = DeviceLoader(test_images, test_labels, batch_size=cfg.eval_batch_size, **norm)
     return DataBundle(train=train, val=val, test=test, info=info, num_train=len(train_idx))

@@ -25,6 +25,8 @@ class DataConfig(BaseModel):
     eval_batch_size: int = Field(512, gt=0)
     val_fraction: float = Field(0.0, ge=0.0, le=0.5)
     train_subset: int | float | None = None
+    #: A class-balanced part of the test split (count or fraction): for quick checks and tests only.
+    test_subset: int | float | None = None
     augment: bool = True
     crop_padding: int | None = Field(None, ge=0)
     flip: bool | None = None
@@ -33,7 +35,7 @@ class DataConfig(BaseModel):
     drop_last: bool = True
     options: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("train_subset", mode="before")
+    @field_validator("train_subset", "test_subset", mode="before")
     @classmethod
     def _check_subset(cls, value: Any) -> Any:
         if value is None:

@@ -187,8 +187,10 @@ class Trainer:
         self.strategy = STRATEGIES.build(cfg.strategy.name, StrategyContext(
             student=self.student, teacher=self.teacher, distiller=self.distiller, ce_weight=cfg.ce_weight,
             device=self.device, precision=self.precision, num_classes=self.data.info.num_classes,
-            options=dict(cfg.strategy.options), make_student=lambda: self._prepare_model(self.build_student()),
-            skip_nonfinite=cfg.train.on_nonfinite == "skip", epochs=cfg.train.epochs))
+            options=dict(cfg.strategy.options),
+            skip_nonfinite=cfg.train.on_nonfinite == "skip", epochs=cfg.train.epochs, val_loader=self.data.val,
+            test_loader=self.data.test, run_dir=self.run_dir.path, steps_per_epoch=self.steps_per_epoch,
+            seed=cfg.seed))
         self.phases = self.strategy.phases()
         if cfg.train.compile:
             self.student.compile()
@@ -446,7 +448,11 @@ class Trainer:
             "precision": self.precision,
             "channels_last": self.channels_last,
         }
-        summary.update(self.strategy.summary_extras() if hasattr(self.strategy, "summary_extras") else {})
+        if final:
+            summary.update(self.strategy.end_of_training())
+        elif self.run_dir.read_summary():  # a finished run resumed again: keep what the strategy recorded
+            previous = self.run_dir.read_summary() or {}
+            summary.update({k: v for k, v in previous.items() if k not in summary})
         self.run_dir.write_summary(summary)
         self._log(f"done: best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']}), "
                   f"last {summary['last_top1']:.2f}%, {summary['train_seconds']:.0f} s, "

@@ -58,11 +58,20 @@ class StrategyContext:
     precision: str
     num_classes: int
     options: dict[str, Any] = field(default_factory=dict)
-    #: Rebuilds a fresh student (same architecture, new init): ABL's retrain phase needs it.
-    make_student: Callable[[], ContractModel] | None = None
     #: Skip (instead of taking) optimiser steps whose loss is NaN/inf.
     skip_nonfinite: bool = False
+    #: Epochs of the main schedule (config train.epochs).
     epochs: int = 1
+    #: Held-out validation loader (data.val_fraction > 0), e.g. for ABL's bilevel search; never the test set.
+    val_loader: Any = None
+    #: Test loader, for end-of-training analyses only (e.g. accuracy of ABL's auxiliary heads).
+    test_loader: Any = None
+    #: The run directory, for extra records (e.g. per-iteration traces) next to metrics.jsonl.
+    run_dir: Any = None
+    #: Steps per epoch of the training loader.
+    steps_per_epoch: int = 1
+    #: Seed of the run.
+    seed: int = 0
 
 
 class Strategy:
@@ -147,6 +156,11 @@ class Strategy:
 
     def epoch_metrics(self) -> dict[str, Any]:
         """Extra per-epoch metrics for metrics.jsonl (e.g. SAKD routing fractions)."""
+        return {}
+
+    def end_of_training(self) -> dict[str, Any]:
+        """Called once when the last phase ends; the returned items go into summary.json
+        (e.g. test accuracy of auxiliary heads, per-class routing)."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:
