@@ -297,9 +297,9 @@ def test_rkd_rejects_negative_weights():
 # ---------------------------------------------------------------------------------------------
 # CC
 # ---------------------------------------------------------------------------------------------
-def test_cc_golden_value_with_known_embeddings():
+def test_cc_taylor_rbf_golden_value_with_known_embeddings():
     s, t = pair(batch=5)
-    cc = CC(FeatureShapes.of(s), FeatureShapes.of(t), embed_dim=7).double()
+    cc = CC(FeatureShapes.of(s), FeatureShapes.of(t), embed_dim=7, form="taylor_rbf").double()
     w = set_params(cc, seed=10)
     got = cc(s, t, ctx_for(s))["cc"]
     fs = np_(s.pooled) @ w["embed_s.weight"].T + w["embed_s.bias"]
@@ -312,7 +312,8 @@ def test_cc_golden_value_with_known_embeddings():
 def test_cc_taylor_series_converges_to_the_gaussian_rbf():
     """With a high order the correlation is exp(-gamma ||f~_i - f~_j||^2) of the normalised embeddings."""
     s, t = pair(batch=4)
-    cc = CC(FeatureShapes.of(s), FeatureShapes.of(t), weight=1.0, embed_dim=5, gamma=0.4, p_order=14).double()
+    cc = CC(FeatureShapes.of(s), FeatureShapes.of(t), weight=1.0, embed_dim=5, gamma=0.4, p_order=14,
+            form="taylor_rbf").double()
     w = set_params(cc, seed=11)
 
     def rbf(f):
@@ -325,9 +326,11 @@ def test_cc_taylor_series_converges_to_the_gaussian_rbf():
     assert cc.spot_loss(0, s.pooled, t.pooled, ctx_for(s)).item() == pytest.approx(want, rel=1e-8)
 
 
-def test_cc_crd_code_form_golden_value():
+def test_cc_default_is_the_crd_code_form_golden_value():
+    """The default form is the CRD repository's surrogate (what the reference weight 0.02 was tuned for)."""
     s, t = pair(batch=5)
-    cc = CC(FeatureShapes.of(s), FeatureShapes.of(t), embed_dim=7, form="crd_code").double()
+    cc = CC(FeatureShapes.of(s), FeatureShapes.of(t), embed_dim=7).double()
+    assert cc.form == "crd_code"
     w = set_params(cc, seed=13)
     fs = np_(s.pooled) @ w["embed_s.weight"].T + w["embed_s.bias"]
     ft = np_(t.pooled) @ w["embed_t.weight"].T + w["embed_t.bias"]
@@ -338,9 +341,10 @@ def test_cc_crd_code_form_golden_value():
         CC(FeatureShapes.of(s), FeatureShapes.of(t), form="bilinear")
 
 
-def test_cc_gradcheck_embeddings_and_input():
+@pytest.mark.parametrize("form", ["crd_code", "taylor_rbf"])
+def test_cc_gradcheck_embeddings_and_input(form):
     s, t = pair(batch=4)
-    cc = CC(FeatureShapes.of(s), FeatureShapes.of(t), weight=1.0, embed_dim=3).double()
+    cc = CC(FeatureShapes.of(s), FeatureShapes.of(t), weight=1.0, embed_dim=3, form=form).double()
     set_params(cc, seed=12)
     ctx = ctx_for(s)
     assert gradcheck_module(cc, lambda p, x: _call(cc, p, "spot_loss", 0, x, t.pooled, ctx), (s.pooled,))

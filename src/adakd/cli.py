@@ -2,14 +2,17 @@
 
     adakd train CONFIG [key=value ...] [--resume] [--dry-run]
     adakd eval RUN_DIR_OR_CHECKPOINT [--split test] [--json]
-    adakd plot RUN_DIR
+    adakd plot RUN_DIR [RUN_DIR ...] [--out DIR] [--analysis]
+    adakd export RUN_DIR --format onnx|torchscript|safetensors [--out PATH] [--which final|best]
     adakd list models|distillers|strategies|datasets [--json]
+    adakd bench [--suite adaptive] [--batch-size 64 128] [--compile] [--json] [--out FILE]
 
 User errors print one message and exit with code 2 (``--debug`` shows the traceback).
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -18,6 +21,8 @@ from typing import Any, Sequence
 from .errors import AdakdError
 
 LIST_KINDS = ("models", "distillers", "strategies", "datasets")
+#: OSError numbers that mean "the output location cannot take more writes" (reported without a traceback).
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.ENOTDIR}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,9 +46,51 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("plot", help="curves and method plots (ABL gammas, SAKD routing, AEKT relations) of a run")
-    p.add_argument("run_dir")
-    p.add_argument("--out", default=None, help="output folder (default RUN_DIR/plots)")
+    p = sub.add_parser("plot", help="curves and method plots (ABL gammas, SAKD routing, AEKT relations) of a run; "
+                       "with several runs, their curves on one figure")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default=None, help="output folder (default RUN_DIR/plots; for several runs ./plots-compare)")
+    p.add_argument("--analysis", action="store_true",
+                   help="also compute the teacher-vs-student logit-correlation difference (reads the test split)")
+    p.add_argument("--which", choices=["final", "best"], default="final", help="student checkpoint for --analysis")
+    p.add_argument("--data-root", default=None, help="where the dataset lives, if not where the run found it")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("export", help="the distilled student alone as ONNX, TorchScript or safetensors (+ JSON sidecar)")
+    p.add_argument("target", help="run directory or student .pt checkpoint")
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
+    p.add_argument("--out", default=None, help="output file (default RUN_DIR/export/student.<ext>)")
+    p.add_argument("--which", choices=["final", "best"], default="final", help="final student (default) or best epoch")
+    p.add_argument("--json", action="store_true", help="print the sidecar as JSON")
+
+    p = sub.add_parser("bench", help="training-step throughput: eager fp32 baseline vs the fast path (random data)")
+    p.add_argument("--teacher", default="resnet32x4")
+    p.add_argument("--student", default="resnet8x4")
+    p.add_argument("--teacher-kwargs", default="{}", help="YAML mapping of model builder options, e.g. {widths: [..]}")
+    p.add_argument("--student-kwargs", default="{}", help="YAML mapping of model builder options")
+    p.add_argument("--losses", default="kd", help="YAML: a name, a list or {name: {options}} (default kd)")
+    p.add_argument("--strategy", default="standard", help="any registered strategy (e.g. sakd, abl)")
+    p.add_argument("--strategy-options", default="{}", help="YAML mapping of strategy options")
+    p.add_argument("--phase", default=None, help="the strategy phase to time (default: its last, e.g. abl: search)")
+    p.add_argument("--suite", choices=["kd", "adaptive"], default=None,
+                   help="preset cases instead: adaptive = SAKD, ABL search/retrain over KD, AEKT over DKD")
+    p.add_argument("--batch-size", type=int, nargs="+", default=[64])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--paths", nargs="+", choices=["eager", "fast"], default=["eager", "fast"])
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="of the fast path")
+    p.add_argument("--channels-last", choices=["auto", "true", "false"], default="auto", help="of the fast path")
+    p.add_argument("--compile", action="store_true", help="torch.compile the fast path (minutes on CPU)")
+    p.add_argument("--compile-mode", default="auto")
+    p.add_argument("--num-classes", type=int, default=100)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=2, help="untimed windows (the first compiles)")
+    p.add_argument("--repeats", type=int, default=7, help="timed windows per path (interleaved)")
+    p.add_argument("--window", type=int, default=1, help="steps per timed window")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of the table")
+    p.add_argument("--out", default=None, help="also write the JSON result to this file")
 
     p = sub.add_parser("list", help="what is available")
     p.add_argument("kind", choices=LIST_KINDS)
@@ -66,7 +113,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("config OK", file=sys.stderr)
         return 0
     summary = train(cfg)
-    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
 
 
@@ -85,8 +133,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from .report.plots import plot_run
 
-    for path in plot_run(args.run_dir, args.out):
+    if args.analysis:
+        from .report.analysis_plots import compute_logit_correlation
+
+        for run_dir in args.run_dirs:
+            result = compute_logit_correlation(run_dir, which=args.which, data_root=args.data_root, device=args.device)
+            print(f"{run_dir}: mean |R_teacher - R_student| {result['mean_final']:.4f} over {result['samples']} "
+                  f"test images -> {result['path']}", file=sys.stderr)
+    if len(args.run_dirs) == 1:
+        paths = plot_run(args.run_dirs[0], args.out)
+    else:
+        from .report.compare_plots import plot_compare
+
+        paths = plot_compare(args.run_dirs, args.out or "plots-compare")
+        if args.analysis:
+            for run_dir in args.run_dirs:
+                paths += plot_run(run_dir)
+    for path in paths:
         print(path)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_student
+
+    result = export_student(args.target, args.format, out=args.out, which=args.which)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    check = result["check"]
+    how = (f"max |diff| {check['max_abs_diff']:.2e} <= {check['tolerance']:.2e} ({check['backend']})"
+           if check["max_abs_diff"] is not None else check.get("note", check["backend"]))
+    print(f"{result['path']}\n{result['sidecar']}\ncheck: {how}")
     return 0
 
 
@@ -108,7 +186,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "list": cmd_list}
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import format_table, progress_log, run_bench, settings_from_cli, write_json
+
+    settings, cases = settings_from_cli(args)
+    result = run_bench(settings, cases, log=progress_log)
+    if args.out:
+        write_json(result, args.out)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "export": cmd_export, "list": cmd_list,
+            "bench": cmd_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -124,6 +214,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("adakd: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full, read-only or vanished output location while writing records
+        if debug or exc.errno not in _WRITE_ERRNOS:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"adakd: error: cannot write{where}: {exc.strerror or exc}. Free disk space or choose a writable "
+              "output_dir=/run_dir=; checkpoints already written are intact (--resume continues).", file=sys.stderr)
+        return 2
 
 
 def entry(argv: Any = None) -> None:

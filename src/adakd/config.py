@@ -77,10 +77,13 @@ class TrainConfig(_Strict):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     #: "bf16" = bfloat16 autocast; "auto" = bf16 where measured faster (CUDA with bf16 support, CPU with AMX).
-    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    precision: Literal["fp32", "bf16", "auto"] = "auto"
     #: channels_last memory format for models and batches; "auto" = on with bf16.
     channels_last: bool | Literal["auto"] = "auto"
+    #: torch.compile the student's and teacher's forward_features (opt-in: compiling takes minutes on a CPU).
     compile: bool = False
+    #: torch.compile mode; "auto" = "reduce-overhead" (CUDA graphs) on CUDA with data.drop_last, else "default".
+    compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "auto"
     #: Deterministic algorithms (bitwise-reproducible on CPU).
     deterministic: bool = True
     eval_every: int = Field(1, gt=0)
@@ -90,6 +93,8 @@ class TrainConfig(_Strict):
     checkpoint_every_steps: int | None = Field(None, gt=0)
     #: On a NaN/inf loss: stop ("error") or skip the step ("skip").
     on_nonfinite: Literal["error", "skip"] = "error"
+    #: Multi-process (torchrun) runs: BatchNorm statistics over the global batch instead of each rank's shard.
+    sync_batchnorm: bool = False
 
 
 class StrategyConfig(_Strict):

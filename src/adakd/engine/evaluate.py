@@ -1,7 +1,10 @@
-"""Top-1 / top-5 accuracy and mean cross-entropy on a loader, accumulated on the device (one sync at the end)."""
+"""Top-1 / top-5 accuracy and mean cross-entropy on a loader, accumulated on the device (one sync at the end).
+
+With ``dist`` (a multi-process job) each rank evaluates its strided shard of the loader and the counts
+are summed over the ranks, so every rank returns the numbers of the whole split."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -9,9 +12,18 @@ from torch import nn
 
 from .device import autocast
 
+if TYPE_CHECKING:
+    from .distributed import DistInfo
+
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: torch.device, precision: str = "fp32") -> dict[str, float]:
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, precision: str = "fp32",
+             dist: "DistInfo | None" = None) -> dict[str, float]:
+    from .distributed import all_reduce_sums, shard_loader
+
+    sharded = dist is not None and dist.active and shard_loader(loader, dist) is not loader
+    if sharded:
+        loader = shard_loader(loader, dist)
     was_training = model.training
     model.eval()
     correct1 = torch.zeros((), device=device, dtype=torch.long)
@@ -32,6 +44,10 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, precision
             count += batch.y.numel()
     finally:
         model.train(was_training)
+    if sharded:
+        correct1, correct5, loss_sum, total = all_reduce_sums(
+            [correct1, correct5, loss_sum, torch.tensor(count, device=device)])
+        count = int(total.item())
     if count == 0:
         return {"top1": float("nan"), "top5": float("nan"), "loss": float("nan"), "count": 0}
     return {

@@ -32,7 +32,9 @@ from ..registry import STRATEGIES
 from ..strategies import Phase, StrategyContext
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .device import resolve_channels_last, resolve_device, resolve_precision
+from . import distributed as ddp
 from .evaluate import evaluate
+from .fast import compile_models, prefer_fused
 from .optim import StepSchedule, build_optimizer, parameters_of
 from .run_dir import RunDir
 from .seeding import rng_state, seed_everything, set_rng_state
@@ -127,9 +129,10 @@ def count_parameters(model: nn.Module) -> int:
 class Trainer:
     """Runs one config end to end; see the module docstring."""
 
-    def __init__(self, cfg: RunConfig, log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, cfg: RunConfig, log: Callable[[str], None] | None = None, distributed: bool = True) -> None:
         self.cfg = cfg
         self._print = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self._distributed = distributed  # False: a 1-process run even inside a torchrun job (teacher recipes)
 
     # ------------------------------------------------------------------ setup
     def _log(self, msg: str) -> None:
@@ -163,27 +166,35 @@ class Trainer:
 
     def setup(self) -> None:
         cfg = self.cfg
-        self.run_dir = self._choose_run_dir()
-        self.run_dir.create()
+        self.dist = ddp.init_distributed(resolve_device(cfg.device)) if self._distributed else ddp.SINGLE
+        if not self.dist.is_main:  # only rank 0 prints and writes
+            self._print = lambda msg: None
+        path = ddp.run_on_main(lambda: self._create_run_dir(dump_config(cfg)))
+        self.run_dir = RunDir(path) if self.dist.is_main else ddp.follower_run_dir(path)
         self.logger = self.run_dir.logger()
-        self.run_dir.write_config(dump_config(cfg))
         seed_everything(cfg.seed, cfg.train.deterministic)
-        self.device = resolve_device(cfg.device)
+        self.device = ddp.rank_device(resolve_device(cfg.device), self.dist)
         self.precision = resolve_precision(cfg.train.precision, self.device)
         self.channels_last = resolve_channels_last(cfg.train.channels_last, self.precision)
-        self.data = build_data(cfg.data, self.device, seed=cfg.seed, channels_last=self.channels_last)
+        self.data = build_data(cfg.data, self.device, seed=cfg.seed, channels_last=self.channels_last,
+                               rank=self.dist.rank, world_size=self.dist.world_size)
         self.teacher: ContractModel | None = None
         self.teacher_top1: float | None = None
         if cfg.teacher is not None:
-            ckpt = teacher_checkpoint_path(cfg.teacher, cfg, lambda c: Trainer(c, self._print).run(), self._log)
+            ckpt = ddp.run_on_main(lambda: teacher_checkpoint_path(cfg.teacher, cfg, self._train_recipe, self._log))
             self.teacher = self._prepare_model(load_teacher(cfg.teacher, self.data.info, self.device, ckpt))
-            self.teacher_top1 = evaluate(self.teacher, self.data.test, self.device, self.precision)["top1"]
+            self.teacher_top1 = evaluate(self.teacher, self.data.test, self.device, self.precision,
+                                         dist=self.dist)["top1"]
             self._log(f"teacher {cfg.teacher.name}: test top-1 {self.teacher_top1:.2f}%")
         torch.manual_seed(cfg.seed)  # the student's init does not depend on whether a teacher was evaluated
         self.student = self._prepare_model(self.build_student())
+        if cfg.train.sync_batchnorm and self.dist.active:
+            ddp.convert_sync_batchnorm(self.student, self.device)
+        ddp.broadcast_module(self.student)
         self.distiller = build_distiller(cfg.losses, self.student, self.teacher, num_samples=self.data.num_train)
         if self.distiller is not None:
             self._prepare_model(self.distiller)
+            ddp.broadcast_module(self.distiller)
         self.strategy = STRATEGIES.build(cfg.strategy.name, StrategyContext(
             student=self.student, teacher=self.teacher, distiller=self.distiller, ce_weight=cfg.ce_weight,
             device=self.device, precision=self.precision, num_classes=self.data.info.num_classes,
@@ -192,16 +203,35 @@ class Trainer:
             test_loader=self.data.test, run_dir=self.run_dir.path, steps_per_epoch=self.steps_per_epoch,
             seed=cfg.seed))
         self.phases = self.strategy.phases()
-        if cfg.train.compile:
-            self.student.compile()
+        if cfg.train.compile:  # forward_features of student and teacher (what the strategies call)
+            compile_models([self.student, self.teacher], self.device, cfg.train.compile_mode,
+                           static_shapes=cfg.data.drop_last, cache_dir=self.run_dir.path / "inductor_cache")
+
+    def _create_run_dir(self, config_text: str) -> str:
+        """Rank 0: choose and create the run directory, write the resolved config; returns its path."""
+        run_dir = self._choose_run_dir()
+        run_dir.create()
+        run_dir.write_config(config_text)
+        return str(run_dir.path)
+
+    def _train_recipe(self, cfg: RunConfig) -> object:
+        """Train a teacher recipe in this process alone (rank 0 of a job; the other ranks wait)."""
+        with ddp.local_only():
+            return Trainer(cfg, self._print, distributed=False).run()
+
+    def _save(self, path: Path, payload: dict[str, Any]) -> None:
+        """save_checkpoint on rank 0 only."""
+        if self.dist.is_main:
+            save_checkpoint(path, payload)
 
     # ------------------------------------------------------------------ state
     def _phase_optimizer(self, phase: Phase) -> tuple[torch.optim.Optimizer, StepSchedule]:
         ocfg = self.cfg.train.optimizer
         lr = phase.lr if phase.lr is not None else ocfg.lr
         if ocfg.lr_reference_batch:
-            lr *= self.cfg.data.batch_size / ocfg.lr_reference_batch
-        optimizer = build_optimizer(parameters_of(phase.modules), ocfg, lr)
+            lr *= self.cfg.data.batch_size * self.dist.world_size / ocfg.lr_reference_batch  # global batch
+        optimizer = ddp.sync_gradients(prefer_fused(build_optimizer(parameters_of(phase.modules), ocfg, lr),
+                                                    self.device))
         sched_cfg = self.cfg.train.schedule
         if phase.schedule == "constant":
             sched_cfg = sched_cfg.model_copy(update={"name": "constant", "warmup_epochs": 0.0})
@@ -229,7 +259,7 @@ class Trainer:
             "optimizer": optimizer.state_dict(),
             "loader": self.data.train.state_dict(),
             "rng": rng_state(),
-            "accumulator": None if acc is None else acc.state_dict(),
+            "accumulator": ddp.accumulator_state(acc),
             "best": self.best,
             "train_seconds": self.train_seconds,
             "train_samples": self.train_samples,
@@ -241,6 +271,7 @@ class Trainer:
         info = self.data.info
         return {"model": self.cfg.student.name, "kwargs": self.cfg.student.kwargs,
                 "num_classes": info.num_classes, "in_channels": info.in_channels, "image_size": info.image_size,
+                "mean": list(info.mean), "std": list(info.std),  # the input normalisation (adakd export)
                 "data": self.cfg.data.model_dump(mode="json")}
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -263,17 +294,18 @@ class Trainer:
         self.train_samples = 0
         self.skipped_steps = 0
         resume_state = None
-        if cfg.resume and self.run_dir.last_checkpoint.exists():
-            resume_state = load_checkpoint(self.run_dir.last_checkpoint)
+        if cfg.resume and ddp.run_on_main(self.run_dir.last_checkpoint.exists):
+            resume_state = ddp.run_on_main(lambda: load_checkpoint(self.run_dir.last_checkpoint))
             self._restore(resume_state)
             self._log(f"resuming {self.run_dir.path}: phase {resume_state['phase']}, epoch {resume_state['epoch']}, "
                       f"step {resume_state['position']} of the epoch")
-            if (self.run_dir.path / "checkpoints" / "student.pt").exists() and self.run_dir.read_summary():
+            if ddp.run_on_main(lambda: (self.run_dir.path / "checkpoints" / "student.pt").exists()
+                               and bool(self.run_dir.read_summary())):
                 self._log("run already finished; nothing to do")
                 return self.finish(final=False)
         else:
             self._log(f"run directory {self.run_dir.path}")
-            if self.run_dir.metrics_path.exists():
+            if self.dist.is_main and self.run_dir.metrics_path.exists():
                 self.run_dir.metrics_path.unlink()
         self._log(f"device {self.device}, precision {self.precision}, channels_last {self.channels_last}; "
                   f"student {cfg.student.name} ({count_parameters(self.student):,} params), "
@@ -293,15 +325,17 @@ class Trainer:
         acc_state = None
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
-            start_epoch, step, position = state["epoch"], state["step"], state["position"]
-            self.data.train.load_state_dict(state["loader"])
+            loader_state, step, position = ddp.resume_position(state, self.data.train, self.steps_per_epoch)
+            start_epoch = state["epoch"]
+            self.data.train.load_state_dict(loader_state)
             set_rng_state(state["rng"])
             acc_state = state["accumulator"]
             self.run_dir.truncate_metrics(self._global_epoch(index, start_epoch))
         for epoch in range(start_epoch, phase.epochs):
             acc = EpochAccumulator()
             if acc_state is not None and position > 0:
-                acc.load_state_dict(acc_state, self.device)
+                if self.dist.is_main:  # the saved sums are the job's; the other ranks restart from zero
+                    acc.load_state_dict(acc_state, self.device)
             else:
                 self.data.train.set_epoch(self._global_epoch(index, epoch))
                 position = 0
@@ -342,15 +376,18 @@ class Trainer:
             if cfg.train.on_nonfinite == "error" and (i % 50 == 0 or i == spe - 1):
                 self._check_finite(acc, terms, phase, epoch)
             every = cfg.train.checkpoint_every_steps
-            if stop.signum is not None or (every and step % every == 0 and i + 1 < spe):
+            stopping = ddp.agree_any(stop.signum is not None)
+            if stopping or (every and step % every == 0 and i + 1 < spe):
+                if cfg.train.on_nonfinite == "error":  # never save a state reached through a NaN/inf step
+                    self._check_finite(acc, terms, phase, epoch)
                 self.train_seconds += time.perf_counter() - t0
                 self.train_samples += acc.samples - samples0
                 t0, samples0 = time.perf_counter(), acc.samples
-                save_checkpoint(self.run_dir.last_checkpoint, self._state(index, epoch, step, optimizer, acc, i + 1))
-                if stop.signum is not None:
+                self._save(self.run_dir.last_checkpoint, self._state(index, epoch, step, optimizer, acc, i + 1))
+                if stopping:
                     if bar is not None:
                         bar.close()
-                    raise RunInterrupted(f"stopped by signal {stop.signum}; state saved in "
+                    raise RunInterrupted(f"stopped by signal {stop.signum or 'on another rank'}; state saved in "
                                          f"{self.run_dir.last_checkpoint}. Continue with --resume.")
         if bar is not None:
             bar.close()
@@ -361,7 +398,7 @@ class Trainer:
         return step
 
     def _check_finite(self, acc: EpochAccumulator, terms: dict[str, Tensor] | None, phase: Phase, epoch: int) -> None:
-        bad = acc.bad_step()
+        bad = ddp.agree_min(acc.bad_step())
         if bad is None:
             return
         which = ""
@@ -382,14 +419,15 @@ class Trainer:
         cfg = self.cfg
         record: dict[str, Any] = {"kind": "epoch", "phase": phase.name, "epoch": self._global_epoch(index, epoch) + 1,
                                   "phase_epoch": epoch + 1, "lr": schedule.set_step(max(step - 1, 0))}
+        ddp.reduce_accumulator(acc)  # the job's epoch means (sums over the ranks)
         record.update(acc.means())
         last_epoch = epoch + 1 == phase.epochs
         if phase.evaluate and ((epoch + 1) % cfg.train.eval_every == 0 or last_epoch):
-            result = evaluate(phase.model, self.data.test, self.device, self.precision)
+            result = evaluate(phase.model, self.data.test, self.device, self.precision, dist=self.dist)
             record.update({"test_top1": result["top1"], "test_top5": result["top5"], "test_loss": result["loss"]})
             if phase is self.phases[-1] and result["top1"] > self.best["top1"]:
                 self.best = {"top1": result["top1"], "top5": result["top5"], "epoch": record["epoch"]}
-                save_checkpoint(self.run_dir.checkpoints / "best.pt",
+                self._save(self.run_dir.checkpoints / "best.pt",
                                 {"kind": "student", "model": self.strategy.export_student().state_dict(),
                                  "meta": self.meta(), "epoch": record["epoch"], "top1": result["top1"]})
         record.update(self.strategy.epoch_metrics())
@@ -398,7 +436,7 @@ class Trainer:
         record["train_seconds"] = round(self.train_seconds, 3)
         record["seconds"] = round(time.time(), 3)
         self.run_dir.append_metrics(record)
-        save_checkpoint(self.run_dir.last_checkpoint, self._state(index, epoch + 1, step, optimizer, None, 0))
+        self._save(self.run_dir.last_checkpoint, self._state(index, epoch + 1, step, optimizer, None, 0))
         msg = f"[{phase.name} {epoch + 1}/{phase.epochs}] loss {record.get('loss', float('nan')):.4f}"
         if "train_top1" in record:
             msg += f" train {record['train_top1']:.2f}%"
@@ -425,7 +463,7 @@ class Trainer:
             last = records[-1]
         student = self.strategy.export_student()
         if final:
-            save_checkpoint(self.run_dir.checkpoints / "student.pt",
+            self._save(self.run_dir.checkpoints / "student.pt",
                             {"kind": "student", "model": student.state_dict(), "meta": self.meta()})
         summary = {
             "name": self.cfg.name,
@@ -461,17 +499,25 @@ class Trainer:
 
 
 def train(cfg: RunConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run ``cfg`` (and, with ``compare_scratch``, the same student without a teacher); return the summary."""
-    summary = Trainer(cfg, log).run()
-    if cfg.compare_scratch and cfg.teacher is not None:
-        run_dir = Path(summary["run_dir"]) / "scratch"
-        scratch_cfg = cfg.model_copy(update={
-            "teacher": None, "losses": {}, "strategy": cfg.strategy.model_copy(update={"name": "standard", "options": {}}),
-            "ce_weight": 1.0, "compare_scratch": False, "run_dir": str(run_dir), "name": f"{cfg.name}-scratch",
-            "resume": cfg.resume})
-        scratch = Trainer(scratch_cfg, log).run()
-        summary["scratch"] = {k: scratch[k] for k in ("best_top1", "last_top1", "train_seconds", "images_per_second")}
-        RunDir(summary["run_dir"]).write_summary(summary)
+    """Run ``cfg`` (and, with ``compare_scratch``, the same student without a teacher); return the summary.
+
+    Under torchrun this joins the job (engine/distributed.py) and leaves it at the end."""
+    try:
+        summary = Trainer(cfg, log).run()
+        if cfg.compare_scratch and cfg.teacher is not None:
+            run_dir = Path(summary["run_dir"]) / "scratch"
+            scratch_cfg = cfg.model_copy(update={
+                "teacher": None, "losses": {}, "strategy": cfg.strategy.model_copy(update={"name": "standard", "options": {}}),
+                "ce_weight": 1.0, "compare_scratch": False, "run_dir": str(run_dir), "name": f"{cfg.name}-scratch",
+                "resume": cfg.resume})
+            scratch = Trainer(scratch_cfg, log).run()
+            summary["scratch"] = {k: scratch[k] for k in ("best_top1", "last_top1", "train_seconds", "images_per_second")}
+            if ddp.is_main():
+                RunDir(summary["run_dir"]).write_summary(summary)
+    except BaseException:
+        ddp.shutdown_distributed(clean=False)
+        raise
+    ddp.shutdown_distributed()
     return summary
 
 

@@ -37,35 +37,44 @@ FORMS = ("taylor_rbf", "crd_code")
 
 @register_distiller
 class CC(Distiller):
-    """Correlation congruence: match the sample-to-sample correlation matrices of embedded features.
+    """Correlation congruence: make the student's sample-to-sample relations match the teacher's.
 
-        f = W x + b  (linear embedding of the pooled features to ``embed_dim``, one per model, trained)
-        C_ij = sum_{p=0}^{P} e^{-2 gamma} (2 gamma)^p / p! (f~_i . f~_j)^p,   f~ = f / ||f||
+    Both pooled embeddings are first mapped to ``embed_dim`` by a trained linear layer, one per model
+    (f = W x + b, as in the CRD repository). Two forms of the congruence term:
+
+    ``form="crd_code"`` (default): the CRD repository's ``Correlation`` (an author-supplied surrogate,
+    :func:`adjacent_difference_congruence`), with d = |f_S - f_T| and B samples
+
+        L = weight * 1/(B-1) * sum_{i=1}^{B-1} sum_k d_{i,k} d_{i+1,k}
+
+    The reference weight 0.02 (reference.md) was tuned for this form, so the CRD table's CC row
+    is reproduced with it.
+
+    ``form="taylor_rbf"``: the paper's formula, the P-order Taylor expansion of the Gaussian RBF
+    kernel exp(-gamma ||f~_i - f~_j||^2) of the L2-normalised embeddings f~ = f / ||f||,
+
+        C_ij = sum_{p=0}^{P} e^{-2 gamma} (2 gamma)^p / p! (f~_i . f~_j)^p,
         L = weight * ||C_S - C_T||_F^2 / B^2
 
-    C is the P-order Taylor approximation of the Gaussian RBF kernel exp(-gamma ||f~_i - f~_j||^2)
-    (the paper's choice; defaults P = 2, gamma = 0.4 as in the Knowledge-Distillation-Zoo
-    implementation). The linear embeddings to 128-d for both sides follow the CRD repository.
-    ``form="crd_code"`` uses the CRD repository's ``Correlation`` instead (an author-emailed surrogate,
-    :func:`adjacent_difference_congruence`, on the same embeddings). The default weight 0.02
-    (reference.md) was tuned for that surrogate; the paper's ``taylor_rbf`` form is about 10^5 times
-    smaller at initialisation, so raise ``weight`` with it (or use ``form="crd_code"`` to reproduce
-    the CRD table). A batch of fewer than 2 samples gives 0.
+    (defaults P = 2, gamma = 0.4 as in the Knowledge-Distillation-Zoo implementation). It is about
+    10^5 times smaller than the surrogate at initialisation: raise ``weight`` when choosing it.
+    A batch of fewer than 2 samples gives 0.
 
     Peng, Jin, Liu, Li, Wu, Liu, Zhou, Zhang, "Correlation Congruence for Knowledge Distillation", ICCV 2019.
     """
 
     name = "cc"
-    description = "Correlation congruence: MSE between Taylor-RBF sample correlation matrices of embeddings"
+    description = ("Correlation congruence: match sample-to-sample relations of embeddings (CRD-code form; "
+                   "Taylor-RBF correlation matrices with form=taylor_rbf)")
     paper = "Peng et al., Correlation Congruence for Knowledge Distillation, ICCV 2019"
     default_weight = 0.02
     spot_kind = "pooled"
 
     def __init__(self, student: FeatureShapes, teacher: FeatureShapes, weight: float | None = None,
-                 embed_dim: int = 128, gamma: float = 0.4, p_order: int = 2, form: str = "taylor_rbf") -> None:
+                 embed_dim: int = 128, gamma: float = 0.4, p_order: int = 2, form: str = "crd_code") -> None:
         super().__init__(student, teacher, weight)
         if form not in FORMS:
-            raise ConfigError(f"cc form={form!r} is unknown: use one of {', '.join(FORMS)} (default taylor_rbf).")
+            raise ConfigError(f"cc form={form!r} is unknown: use one of {', '.join(FORMS)} (default crd_code).")
         if int(embed_dim) < 1:
             raise ConfigError(f"cc embed_dim={embed_dim} must be >= 1 (default 128).")
         if not gamma > 0:

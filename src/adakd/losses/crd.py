@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..engine.distributed import all_gather_rows, all_reduce_mean, world_size
 from ..errors import ConfigError, ShapeError
 from ..models.contract import FeatureShapes
 from .base import DistillContext, Distiller, register_distiller
@@ -59,8 +60,10 @@ class CRD(Distiller):
     Z_s, Z_t are estimated once, on the first batch, as N * mean(exp(<M, v> / tau)) (as in the CRD
     repository) and kept as buffers. After the loss, under no_grad, the rows of the batch indices are
     updated: M[i] <- normalize(momentum * M[i] + (1 - momentum) * v_i). Memory banks and Z are buffers
-    (saved in the state_dict); the negative sampler's generator is not (a resumed run draws other
-    negatives). The CRD repository's "exact" mode draws negatives from other classes only; here they
+    (saved in the state_dict), and so is the negative sampler's generator state (a resumed run draws the
+    negatives the uninterrupted run would have drawn). In a multi-process job the memory update uses the
+    rows of every rank's batch (all-gathered) and Z is the mean over the ranks' first batches, so the
+    banks and Z stay identical on every rank. The CRD repository's "exact" mode draws negatives from other classes only; here they
     are uniform over every other sample (its default mode). ``num_negatives`` larger than N - 1 is
     capped at N - 1 with a warning. ``spot_loss`` on a subset updates only the subset's rows.
 
@@ -111,12 +114,37 @@ class CRD(Distiller):
         self.register_buffer("z_t", torch.tensor(-1.0))
         self.seed = int(torch.randint(0, 2**62, ()).item()) if seed is None else int(seed)
         self._generator: torch.Generator | None = None
+        self._pending_generator_state: Tensor | None = None
+
+    # -- resumable sampler (saved as the module's extra state) ------------------------------------
+    def get_extra_state(self) -> Tensor:
+        """uint8 tensor: the seed (8 bytes) then the generator state (empty before the first draw)."""
+        seed = torch.tensor([self.seed], dtype=torch.int64).view(torch.uint8)
+        if self._generator is not None:
+            state = self._generator.get_state().cpu()
+        elif self._pending_generator_state is not None:
+            state = self._pending_generator_state
+        else:
+            state = torch.zeros(0, dtype=torch.uint8)
+        return torch.cat([seed, state])
+
+    def set_extra_state(self, state: Tensor) -> None:
+        state = torch.as_tensor(state).to("cpu", torch.uint8)
+        self.seed = int(state[:8].clone().view(torch.int64).item())
+        self._generator = None
+        self._pending_generator_state = state[8:].clone() if state.numel() > 8 else None
 
     # -- negatives -------------------------------------------------------------------------------
     def _generator_on(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device != device:
             self._generator = torch.Generator(device=device)
             self._generator.manual_seed(self.seed)
+            pending, self._pending_generator_state = self._pending_generator_state, None
+            if pending is not None:
+                try:
+                    self._generator.set_state(pending)
+                except RuntimeError:  # a state of another device type: continue from the seed
+                    pass
         return self._generator
 
     def sample_negatives(self, indices: Tensor) -> Tensor:
@@ -145,7 +173,10 @@ class CRD(Distiller):
 
     def _normaliser(self, z: Tensor, scores: Tensor) -> Tensor:
         """Z, estimated as N * mean(scores) the first time (when the buffer is still < 0), then fixed."""
-        new = torch.where(z < 0, scores.detach().mean() * self.num_samples, z)
+        mean = scores.detach().mean()
+        if world_size() > 1 and bool(z < 0):  # the first batch of a job: the mean over every rank's batch
+            mean = all_reduce_mean(mean.clone())
+        new = torch.where(z < 0, mean * self.num_samples, z)
         z.copy_(new)
         return new
 
@@ -169,6 +200,8 @@ class CRD(Distiller):
                 z_s = self._normaliser(self.z_s, out_s)
                 z_t = self._normaliser(self.z_t, out_t)
             loss = nce_loss(out_s / z_s, self.num_samples) + nce_loss(out_t / z_t, self.num_samples)
+        if world_size() > 1:  # every rank applies the job's whole batch: the banks stay identical
+            idx, v_s, v_t = all_gather_rows(idx), all_gather_rows(v_s.detach()), all_gather_rows(v_t.detach())
         self.update_memory(self.memory_s, idx, v_s)
         self.update_memory(self.memory_t, idx, v_t)
         return self.weight * loss

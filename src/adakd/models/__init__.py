@@ -12,6 +12,7 @@ from ..errors import ConfigError
 from ..registry import MODELS
 # importing the family modules registers their models
 from . import mobilenetv1, mobilenetv2, resnet_bottleneck, resnet_cifar, shufflenetv1, shufflenetv2, vgg, wrn  # noqa: F401
+from . import torchvision_adapter  # noqa: F401  (tv_resnet*: torchvision imported lazily)
 from .contract import ContractModel, Features, FeatureShapes
 from .hooked import HookedModel
 

@@ -76,3 +76,50 @@ def plot_class_relations(weight: np.ndarray, class_names: Sequence[str] | None, 
     fig.savefig(partial, dpi=120)  # written whole, then renamed: never a half-written plot
     os.replace(partial, path)
     return path
+
+
+# --------------------------------------------------------------------------- `adakd plot RUN_DIR`
+def _serializer_weight(run_dir: Path) -> np.ndarray | None:
+    """The learned C x C serialization layer of an AEKT run (from checkpoints/last.pt), or None."""
+    import torch
+
+    path = run_dir / "checkpoints" / "last.pt"
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    distiller = state.get("distiller") or {}
+    for key, value in distiller.items():
+        if key.endswith("serializer.weight"):
+            return value.float().numpy()
+    return None
+
+
+def _class_names(run_dir: Path) -> list[str] | None:
+    import yaml
+
+    from ..data import open_dataset
+
+    try:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        data = cfg["data"]
+        return list(open_dataset(data["name"], root=data.get("root"), **data.get("options", {})).info.class_names)
+    except Exception:  # names are a nicety: fall back to indices
+        return None
+
+
+def _register() -> None:
+    from .plots import register_plotter
+
+    @register_plotter("aekt")
+    def plot_aekt_run(run_dir: Path, out_dir: Path) -> list[Path]:
+        weight = _serializer_weight(run_dir)
+        if weight is None:
+            return []
+        names = _class_names(run_dir)
+        np.save(out_dir / "aekt_class_relations.npy", weight)
+        path = out_dir / "aekt_class_relations.png"
+        plot_class_relations(weight, names, path, top_k_class=0, k=min(20, weight.shape[0] - 1))
+        return [path, out_dir / "aekt_class_relations.npy"]
+
+
+_register()

@@ -16,7 +16,7 @@ Plotter = Callable[[Path, Path], list[Path]]
 _PLOTTERS: dict[str, Plotter] = {}
 
 #: Modules whose import registers plotters.
-_PLOTTER_MODULES = ["curves", "aekt_plots", "sakd_plots", "abl_plots"]
+_PLOTTER_MODULES = ["curves", "aekt_plots", "sakd_plots", "abl_plots", "analysis_plots"]
 
 
 def register_plotter(name: str) -> Callable[[Plotter], Plotter]:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..data import Batch
 from ..engine.device import autocast
+from ..engine.distributed import all_finite
 from ..losses.base import DistillContext, Distiller
 from ..models.contract import ContractModel, Features
 
@@ -142,7 +143,7 @@ class Strategy:
     def backward_and_step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> bool:
         """zero_grad, backward, step; with ``skip_nonfinite`` a NaN/inf loss skips the step. True if stepped."""
         optimizer.zero_grad(set_to_none=True)
-        if self.ctx.skip_nonfinite and not bool(torch.isfinite(loss.detach())):
+        if self.ctx.skip_nonfinite and not all_finite(loss):  # one decision for every rank of a job
             self.skipped_steps = getattr(self, "skipped_steps", 0) + 1
             return False
         loss.backward()

@@ -1,0 +1,532 @@
+"""Data-parallel training over ``torch.distributed`` (gloo on CPU, NCCL on CUDA).
+
+    torchrun --nproc_per_node N -m adakd train CONFIG          # one node
+    torchrun --nnodes 2 --node_rank R --master_addr HOST --master_port P --nproc_per_node N -m adakd train CONFIG
+
+How a run is parallelised (DistributedDataParallel semantics):
+  * every rank holds the same student (rank 0's weights are broadcast at start); the frozen teacher is a
+    plain local copy on every rank (no gradients, never wrapped);
+  * the training loader of rank r yields the strided shard ``perm[r::W]`` of the epoch's permutation, so
+    one step of W ranks with ``data.batch_size = b`` sees the global batch ``B = W * b`` of a 1-process run
+    with ``batch_size = B``;
+  * after each backward, before every ``optimizer.step()``, the gradients of the optimiser's parameters are
+    averaged over the ranks (``g <- (1 / W) * sum_r g_r``, bucketed all-reduce: :class:`GradientSync`),
+    which is the update of DDP. The engine does this with an optimiser pre-step hook instead of wrapping
+    the student in ``DistributedDataParallel`` because strategies call ``forward_features``/``run_units``
+    and their own extra forwards, which a DDP wrapper's ``forward`` would not see; :func:`wrap_ddp` is
+    there for modules that are called through ``forward``;
+  * BatchNorm normalises over each rank's shard unless ``train.sync_batchnorm`` (then over the global
+    batch: :class:`GlobalBatchNorm`, CPU and GPU; ``torch.nn.SyncBatchNorm`` on CUDA);
+  * test accuracy: each rank evaluates its shard of the test split, the counts are summed;
+  * only rank 0 writes (run directory, checkpoints, metrics, logs) and trains a teacher recipe; the
+    others wait for it.
+
+For strategies with state of their own (SAKD's policy, ABL's meta variables), in this module:
+  * ``sync_gradients(extra_optimizer)`` once after building an extra optimiser (its steps then average
+    the gradients like the main one), or ``all_reduce_grads(params)`` right before a manual update;
+  * ``all_reduce_mean(tensor)`` for statistics that must agree (e.g. a routing rate used for decisions);
+  * ``all_finite(loss)`` for a skip decision that every rank must take the same way;
+  * ``is_main()`` to guard files the strategy writes itself, ``world_size()``/``rank()``;
+  * ``all_gather_rows(tensor)`` to concatenate per-rank rows (rank order; sizes may differ), as CRD does
+    for its memory bank. Every rank must reach every collective: call a synchronising loss on each rank
+    (possibly with an empty subset), never on some ranks only.
+All helpers are no-ops in a 1-process run.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ..errors import AdakdError, CheckpointError, ConfigError
+
+T = TypeVar("T")
+
+#: Gradient buckets of about this many bytes per all-reduce (DDP's default bucket size).
+BUCKET_BYTES = 25 * 2**20
+
+_state: dict[str, Any] = {"initialized_here": False, "local_only": 0, "control": None}
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+SINGLE = DistInfo()
+
+
+# ----------------------------------------------------------------------------------------- setup
+def _env_world_size() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer; launch with torchrun.") from None
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the job described by torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
+
+    Without those variables (or with WORLD_SIZE=1) this is a 1-process run. An existing default
+    process group is reused. Backend: NCCL for CUDA devices, gloo otherwise; timeout
+    ``$ADAKD_DIST_TIMEOUT_MIN`` minutes (default 120: rank 0 may be training a teacher meanwhile).
+    """
+    if dist.is_available() and dist.is_initialized():
+        return current()
+    if _env_world_size() <= 1:
+        return SINGLE
+    if not dist.is_available():
+        raise ConfigError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed.")
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise ConfigError(f"WORLD_SIZE > 1 but {', '.join(missing)} not set: launch with torchrun "
+                          "(torchrun --nproc_per_node N -m adakd train CONFIG).")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    minutes = float(os.environ.get("ADAKD_DIST_TIMEOUT_MIN", "120"))
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=minutes))
+    _state["initialized_here"] = True
+    return current()
+
+
+def shutdown_distributed(clean: bool = True) -> None:
+    """Destroy the process group if :func:`init_distributed` created it (after a barrier when ``clean``;
+    after an error the peers may be gone, so no barrier)."""
+    if _state["initialized_here"] and dist.is_initialized():
+        if clean:
+            dist.barrier()
+        dist.destroy_process_group()
+    _state.update(initialized_here=False, control=None)
+
+
+def _active() -> bool:
+    return (not _state["local_only"]) and dist.is_available() and dist.is_initialized() \
+        and dist.get_world_size() > 1
+
+
+def current() -> DistInfo:
+    """The job as seen now (1 process inside :func:`local_only`)."""
+    if not _active():
+        return SINGLE
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def is_main() -> bool:
+    return current().is_main
+
+
+def rank() -> int:
+    return current().rank
+
+
+def world_size() -> int:
+    return current().world_size
+
+
+@contextlib.contextmanager
+def local_only() -> Iterator[None]:
+    """Within the block every helper behaves as in a 1-process run (rank 0 training a teacher recipe)."""
+    _state["local_only"] += 1
+    try:
+        yield
+    finally:
+        _state["local_only"] -= 1
+
+
+def rank_device(device: torch.device, info: DistInfo) -> torch.device:
+    """``cuda`` -> ``cuda:LOCAL_RANK`` in a multi-process job; other devices unchanged."""
+    if info.active and device.type == "cuda" and device.index is None:
+        return torch.device("cuda", info.local_rank)
+    return device
+
+
+def _control_group() -> Any:
+    """A gloo group for small host-side agreements (flags, objects), whatever the main backend."""
+    if _state["control"] is None:
+        _state["control"] = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+    return _state["control"]
+
+
+# ------------------------------------------------------------------------------- agreement
+def barrier() -> None:
+    if _active():
+        dist.barrier()
+
+
+def broadcast_object(obj: T) -> T:
+    """Rank 0's ``obj`` on every rank."""
+    if not _active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=_control_group())
+    return box[0]
+
+
+def run_on_main(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only (the others wait) and return its result on every rank.
+
+    A user error (:class:`AdakdError`) on rank 0 is raised on every rank with the same message.
+    """
+    if not _active():
+        return fn()
+    payload: tuple[str, Any] = ("ok", None)
+    if is_main():
+        try:
+            payload = ("ok", fn())
+        except BaseException as exc:
+            kind = type(exc) if isinstance(exc, AdakdError) else RuntimeError
+            box: list[Any] = [("error", (kind, str(exc) if kind is not RuntimeError else "rank 0 failed: " + repr(exc)))]
+            dist.broadcast_object_list(box, src=0, group=_control_group())
+            raise
+    payload = broadcast_object(payload)
+    if payload[0] == "error":
+        kind, message = payload[1]
+        raise kind(message)
+    return payload[1]
+
+
+def agree_any(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any rank (e.g. a SIGTERM seen by one of them)."""
+    if not _active():
+        return bool(flag)
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control_group())
+    return bool(t.item())
+
+
+def agree_min(value: int | None) -> int | None:
+    """The smallest ``value`` over the ranks (None = no value), e.g. the first step with a NaN loss."""
+    if not _active():
+        return value
+    t = torch.tensor([2**62 if value is None else int(value)], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=_control_group())
+    out = int(t.item())
+    return None if out == 2**62 else out
+
+
+def all_finite(loss: Tensor) -> bool:
+    """Whether ``loss`` is finite on every rank (one decision for all: a skipped step stays in step)."""
+    ok = torch.isfinite(loss.detach()).all().to(torch.float32).reshape(1)
+    if _active():
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
+
+
+def all_reduce_mean(tensor: Tensor) -> Tensor:
+    """In place: ``tensor <- (1 / W) * sum_r tensor_r``; returns it."""
+    if _active():
+        dist.all_reduce(tensor)
+        tensor.div_(dist.get_world_size())
+    return tensor
+
+
+def all_gather_rows(tensor: Tensor) -> Tensor:
+    """Concatenate every rank's ``tensor`` along dim 0 in rank order; row counts may differ."""
+    if not _active():
+        return tensor
+    w = dist.get_world_size()
+    n = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.int64)
+    counts = [torch.zeros_like(n) for _ in range(w)]
+    dist.all_gather(counts, n)
+    sizes = [int(c.item()) for c in counts]
+    longest = max(sizes)
+    padded = tensor
+    if tensor.shape[0] < longest:
+        pad = tensor.new_zeros((longest - tensor.shape[0], *tensor.shape[1:]))
+        padded = torch.cat([tensor, pad])
+    parts = [torch.empty_like(padded) for _ in range(w)]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+
+def broadcast_module(module: nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank (identical start, as DDP's constructor does)."""
+    if not _active():
+        return
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, src=0)
+
+
+# --------------------------------------------------------------------------------- gradients
+def _buckets(tensors: list[Tensor]) -> Iterator[list[Tensor]]:
+    bucket: list[Tensor] = []
+    size = 0
+    for t in tensors:
+        if bucket and (size + t.numel() * t.element_size() > BUCKET_BYTES or t.dtype != bucket[0].dtype
+                       or t.device != bucket[0].device):
+            yield bucket
+            bucket, size = [], 0
+        bucket.append(t)
+        size += t.numel() * t.element_size()
+    if bucket:
+        yield bucket
+
+
+def all_reduce_grads(params: Iterable[nn.Parameter]) -> None:
+    """Average ``p.grad`` over the ranks: g <- (1 / W) * sum_r g_r (bucketed all-reduce).
+
+    A parameter whose gradient is None on some ranks and set on others gets zeros there first (it took
+    no part in those ranks' losses); one that has no gradient anywhere keeps None, so the optimiser
+    skips it as a 1-process run would. Every rank must call this with the same parameters in order.
+    """
+    if not _active():
+        return
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        return
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=params[0].device)
+    dist.all_reduce(has, op=dist.ReduceOp.MAX)
+    present = []
+    for p, any_rank in zip(params, has.tolist()):
+        if any_rank:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            present.append(p.grad)
+    w = dist.get_world_size()
+    for bucket in _buckets(present):
+        flat = torch.cat([g.reshape(-1) for g in bucket])
+        dist.all_reduce(flat)
+        flat.div_(w)
+        offset = 0
+        for g in bucket:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g.contiguous()))
+            offset += g.numel()
+
+
+def sync_gradients(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Make every ``optimizer.step()`` average the gradients over the ranks first (a no-op hook in 1 process)."""
+    def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        all_reduce_grads(p for group in opt.param_groups for p in group["params"])
+
+    if _active():
+        optimizer.register_step_pre_hook(hook)
+    return optimizer
+
+
+def wrap_ddp(module: nn.Module, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:
+    """``DistributedDataParallel(module)`` for a module trained through its ``forward`` (returned as is in
+    1 process). Buffers are not broadcast each step (memory banks stay per rank)."""
+    if not _active():
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" and device.index is not None else None
+    return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False,
+                                   find_unused_parameters=find_unused_parameters)
+
+
+# ---------------------------------------------------------------------------------- BatchNorm
+class _SumOverRanks(torch.autograd.Function):
+    """y = sum_r x_r on every rank; dL/dx_r = sum_q dL_q/dy (each rank's loss depends on every rank's x)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        g = grad.clone()
+        dist.all_reduce(g)
+        return g
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the global batch of all ranks (CPU and GPU), differentiable end to end.
+
+    With S1 = sum_r sum_i x, S2 = sum_r sum_i x^2 and n = sum_r n_r over the ranks (per channel):
+        mu = S1 / n,   var = S2 / n - mu^2,   y = gamma * (x - mu) / sqrt(var + eps) + beta
+    and the running statistics take the unbiased variance var * n / (n - 1), as ``nn.BatchNorm2d``
+    does on one process with the whole batch (Ioffe & Szegedy, "Batch Normalization", ICML 2015).
+    The all-reduce is differentiable (:class:`_SumOverRanks`: its backward all-reduces the gradients), so the parameter gradients averaged over ranks equal those of the global batch.
+    """
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and _active()):
+            return super().forward(x)
+        dims = [0] + list(range(2, x.dim()))
+        xf = x.float()
+        xd = x.double()  # float64 sums: S2 / n - mu^2 would cancel badly in float32
+        count = torch.tensor([float(x.numel() // x.shape[1])], device=x.device, dtype=torch.float64)
+        stats = torch.cat([xd.sum(dims), (xd * xd).sum(dims), count])
+        stats = _SumOverRanks.apply(stats)
+        c = x.shape[1]
+        n = stats[2 * c]
+        mean = stats[:c] / n
+        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = (var.detach() * n / (n - 1).clamp_min(1)).to(self.running_var.dtype)
+                self.running_mean.mul_(1 - m).add_(mean.detach().to(self.running_mean.dtype) * m)
+                self.running_var.mul_(1 - m).add_(unbiased * m)
+        shape = [1, c] + [1] * (x.dim() - 2)
+        mean, var = mean.float(), var.float()
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> int:
+    """Turn every BatchNorm of ``model`` into a global-batch one in place (class swap: references to the
+    modules, e.g. ``preact_bns()``, stay valid). ``torch.nn.SyncBatchNorm`` on CUDA, :class:`GlobalBatchNorm`
+    elsewhere. Returns the number converted."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, (GlobalBatchNorm, nn.SyncBatchNorm)):
+            if device.type == "cuda":
+                m.__class__ = nn.SyncBatchNorm
+                m.process_group = None
+            else:
+                m.__class__ = GlobalBatchNorm
+            n += 1
+    return n
+
+
+# ------------------------------------------------------------------------------ the trainer's side
+def reduce_accumulator(acc: Any) -> None:
+    """In place: sum an EpochAccumulator's sums, steps and samples over the ranks (epoch means of the job)."""
+    if not _active():
+        return
+    keys = sorted(set().union(*[set(k) for k in _all_gather_object(sorted(acc.sums))]))
+    device = next(iter(acc.sums.values())).device if acc.sums else torch.device("cpu")
+    for key in keys:
+        value = acc.sums.get(key)
+        value = torch.zeros((), device=device, dtype=torch.float32) if value is None else value.clone()
+        if value.device.type == "cpu" and dist.get_backend() == "nccl":
+            value = value.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(value)
+        acc.sums[key] = value.to(device)
+    counts = torch.tensor([acc.steps, acc.samples], dtype=torch.int64)
+    dist.all_reduce(counts, group=_control_group())
+    acc.steps, acc.samples = int(counts[0]), int(counts[1])
+
+
+def accumulator_state(acc: Any) -> dict[str, Any] | None:
+    """What a checkpoint stores of an EpochAccumulator: the job's sums (rank 0 reloads them, the others
+    restart from zero, so the epoch means are right after a resume with any number of processes)."""
+    if acc is None:
+        return None
+    if not _active():
+        return acc.state_dict()
+    import copy
+
+    total = copy.copy(acc)
+    total.sums = dict(acc.sums)
+    reduce_accumulator(total)
+    return total.state_dict()
+
+
+def _all_gather_object(obj: Any) -> list[Any]:
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj, group=_control_group())
+    return out
+
+
+def resume_position(state: dict[str, Any], loader: Any, steps_per_epoch: int) -> tuple[dict[str, Any], int, int]:
+    """A checkpoint's (loader state, step, position) for this job, whose world size or per-rank batch may
+    differ from the one that wrote it.
+
+    An epoch-end checkpoint (position 0) always fits. Inside an epoch the ranks had consumed the first
+    ``position * batch * W`` samples of the epoch's permutation; this job continues there if that is a
+    whole number of its global batches, else a :class:`CheckpointError` says how to resume.
+    """
+    saved = dict(state["loader"])
+    old_w, old_b = int(saved.get("world_size", 1)), int(saved.get("batch_size", loader.batch_size))
+    new_w, new_b = loader.world_size, loader.batch_size
+    step, position = int(state["step"]), int(state["position"])
+    if (old_w, old_b) == (new_w, new_b):
+        return saved, step, position
+    consumed = int(saved["position"]) * old_b * old_w
+    if consumed % (new_b * new_w):
+        raise CheckpointError(
+            f"the checkpoint was written inside an epoch by {old_w} process(es) x batch {old_b} after "
+            f"{consumed} samples, not a whole number of this job's global batches ({new_w} x {new_b}). Resume "
+            "with the old number of processes and batch size, or from an epoch-end checkpoint.")
+    new_position = consumed // (new_b * new_w)
+    saved.update(world_size=new_w, batch_size=new_b, position=new_position)
+    return saved, int(state["epoch"]) * steps_per_epoch + new_position, new_position
+
+
+def shard_loader(loader: Any, info: DistInfo) -> Any:
+    """This rank's strided shard of an evaluation DeviceLoader (the tensors are shared, not copied)."""
+    if not info.active or getattr(loader, "world_size", None) != 1 or getattr(loader, "shuffle", True):
+        return loader
+    import copy
+
+    shard = copy.copy(loader)
+    shard.rank, shard.world_size = info.rank, info.world_size
+    shard._plan_cache = None
+    return shard
+
+
+def all_reduce_sums(values: list[Tensor]) -> list[Tensor]:
+    """Sum scalars over the ranks (one all-reduce); returns them as float64 tensors."""
+    if not _active():
+        return values
+    flat = torch.stack([v.to(torch.float64) for v in values])
+    dist.all_reduce(flat)
+    return list(flat.unbind())
+
+
+__all__ = [
+    "DistInfo", "SINGLE", "init_distributed", "shutdown_distributed", "current", "is_main", "rank", "world_size",
+    "local_only", "rank_device", "barrier", "broadcast_object", "run_on_main", "agree_any", "agree_min",
+    "all_finite", "all_reduce_mean", "all_gather_rows", "broadcast_module", "all_reduce_grads", "sync_gradients",
+    "wrap_ddp", "GlobalBatchNorm", "convert_sync_batchnorm", "reduce_accumulator", "accumulator_state",
+    "resume_position", "shard_loader", "all_reduce_sums",
+]
+
+
+def follower_run_dir(path: Any) -> Any:
+    """The run directory as seen by a rank other than 0: same paths, every write a no-op."""
+    import logging
+
+    from .run_dir import RunDir
+
+    class FollowerRunDir(RunDir):
+        def create(self) -> None: ...
+
+        def write_config(self, text: str) -> None: ...
+
+        def append_metrics(self, record: dict[str, Any]) -> None: ...
+
+        def truncate_metrics(self, keep: int) -> None: ...
+
+        def write_summary(self, summary: dict[str, Any]) -> None: ...
+
+        def logger(self, name: str = "adakd") -> logging.Logger:
+            logger = logging.getLogger(f"{name}.follower")
+            logger.propagate = False
+            if not logger.handlers:
+                logger.addHandler(logging.NullHandler())
+            return logger
+
+    return FollowerRunDir(path)
