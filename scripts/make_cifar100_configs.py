@@ -12,6 +12,8 @@ Layout (every file but base.yaml inherits another):
                                                MobileNetV2 / ShuffleNet students)
     configs/cifar100/<method>/<pair>.yaml      the student of <pair> distilled with <method>
                                                (``base: ../students/<student>.yaml``)
+    configs/cifar100/scratch/<pair>.yaml       the student of <pair> alone (so that sweeps can use
+                                               ``../configs/cifar100/{method}/{pair}.yaml`` for every row)
 
 Loss weights are reference.md's (CE 1 unless said). FSP and KD-SVD compare channel spaces, so they
 exist only for pairs whose stages have equal widths. Edit the matrix here, never the generated files.
@@ -103,7 +105,10 @@ def method_config(method: str, pair: str) -> tuple[dict[str, Any], str]:
 
 
 def dump(cfg: dict[str, Any]) -> str:
-    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None, width=120)
+    """Block style at the top level, flow style for small inner mappings."""
+    return "".join(yaml.safe_dump({k: v}, sort_keys=False, width=120,
+                                  default_flow_style=None if isinstance(v, (dict, list)) else False)
+                   for k, v in cfg.items())
 
 
 def all_files() -> dict[Path, str]:
@@ -140,6 +145,10 @@ def all_files() -> dict[Path, str]:
         if pub is not None:
             note += f"# Published: {pub.top1:.2f}% top-1, {pub.source}.\n"
         files[OUT / "students" / f"{model}.yaml"] = HEADER + note + dump(cfg)
+    for pair, (teacher, student) in PAIRS.items():  # the "Student" row per pair, for sweeps over {method}/{pair}
+        cfg = {"base": f"../students/{student}.yaml", "name": f"cifar100-scratch-{pair}"}
+        note = f"# {student} trained alone (no teacher), the baseline of the pair {teacher} -> {student}.\n"
+        files[OUT / "scratch" / f"{pair}.yaml"] = HEADER + note + dump(cfg)
     for method in METHODS:
         for pair in PAIRS:
             if applies(method, pair):

@@ -298,9 +298,12 @@ def test_logit_correlation_of_a_run(kd_run, fmnist_root, monkeypatch):
     assert np.allclose(arrays["block_1"], arrays["final"], atol=1e-6)  # an affine map keeps correlations
     assert np.allclose(arrays["block_2"], np.abs(rt - np.corrcoef(zs[:, ::-1], rowvar=False)), atol=1e-6)
     assert result["mean_final"] == pytest.approx(arrays["final"].mean())
-    written = {p.name for p in plot_run(kd_run, kd_run / "plots")}
+    (kd_run / "analysis" / "logit_correlation.npz").unlink()
+    assert main(["plot", str(kd_run), "--analysis", "--device", "cpu", "--out", str(kd_run / "p")]) == 0
+    written = {p.name for p in (kd_run / "p").iterdir()}
     assert {"curves.png", "gradients.png", "logit_correlation.png"} <= written
-    assert (kd_run / "plots" / "logit_correlation.png").read_bytes()[:8] == PNG
+    assert (kd_run / "p" / "logit_correlation.png").read_bytes()[:8] == PNG
+    assert {p.name for p in plot_run(kd_run, kd_run / "q")} == written
 
 
 def test_logit_correlation_needs_a_teacher(tmp_path):

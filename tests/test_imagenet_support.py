@@ -152,7 +152,8 @@ def test_adapter_runs_units_like_the_contract(fake_torchvision):
     assert torch.allclose(logits, ref, atol=1e-6) and torch.allclose(pooled, f.pooled, atol=1e-6)
     assert torch.equal(stem, f.stages[0])
     assert model.stage_unit_range(2) == (4, 8)
-    # the units share the module's parameters: nothing is saved twice
+    # the units share the module's parameters (ABL / SAKD run them one by one); nothing is saved twice
+    assert isinstance(model.units, nn.ModuleList) and model.units[1] is model.module.layer1[0]
     assert len(model.state_dict()) == len(model.module.state_dict())
 
 

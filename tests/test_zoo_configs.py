@@ -68,6 +68,7 @@ def test_matrix_covers_the_tables():
     used = {name for _, losses, _ in GEN.METHODS.values() for name in losses}
     assert {e.name for e in DISTILLERS.entries()} <= used
     assert len(PAIRS) == 13
+    assert all((CIFAR / "scratch" / f"{p}.yaml").is_file() for p in PAIRS)
     for method in GEN.METHODS:
         for pair in PAIRS:
             assert (CIFAR / method / f"{pair}.yaml").is_file() == GEN.applies(method, pair), (method, pair)

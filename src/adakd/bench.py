@@ -267,7 +267,6 @@ class Rig:
                  device: torch.device, data: tuple[torch.Tensor, torch.Tensor]) -> None:
         self.case, self.spec, self.device, self.batch_size = case, spec, device, batch_size
         s = settings
-        shape = (s.in_channels, s.image_size, s.image_size)
         images, labels = data
         loader_args = dict(mean=_mean_std(s)[0], std=_mean_std(s)[1], device=device,
                            channels_last=spec.channels_last)
@@ -300,6 +299,7 @@ class Rig:
         self.phase = _pick_phase(self.strategy.phases(), case)
         if self.phase.on_start is not None:
             self.phase.on_start()
+        self.strategy.on_epoch_start(0)
         params = parameters_of(self.phase.modules)
         if spec.optimizer == "torch-default":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=s.lr, momentum=0.9, weight_decay=5e-4)
@@ -310,7 +310,6 @@ class Rig:
             compile_models([self.student, self.teacher], device, spec.compile_mode, static_shapes=True,
                            cache_dir=cache)
         self.phase.model.train()
-        self.shape = shape
         self.steps = 0
         self.loss_sum = torch.zeros((), device=device)
 
@@ -439,8 +438,8 @@ def measure_case(case: BenchCase, settings: BenchSettings, batch_size: int, devi
                 paths[name]["mean_loss"] = loss
                 if peak is not None:
                     paths[name]["peak_mb"] = max(peak, paths[name]["peak_mb"] or 0.0)
-        log(f"  {case.label} b{batch_size} window {r + 1}: " + ", ".join(
-            f"{n} {p['rates'][-1]:.1f} img/s" for n, p in paths.items() if p["rates"]))
+        log(f"  {case.label} b{batch_size} window {r + 1}: " + (", ".join(
+            f"{n} {p['rates'][-1]:.1f} img/s" for n, p in paths.items()) if timed else "warm-up"))
     for name, rig in rigs.items():
         out = paths[name]
         out.update({"images_per_s": _summary(out.pop("rates")), "data_images_per_s": rig.data_rate(s.data_batches)})

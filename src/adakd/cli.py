@@ -5,6 +5,8 @@
     adakd plot RUN_DIR [RUN_DIR ...] [--out DIR] [--analysis]
     adakd export RUN_DIR --format onnx|torchscript|safetensors [--out PATH] [--which final|best]
     adakd list models|distillers|strategies|datasets [--json]
+    adakd sweep SWEEP.yaml [--parallel N] [--dry-run]
+    adakd report SWEEP.yaml|RUNS_DIR [--out DIR]
     adakd bench [--suite adaptive] [--batch-size 64 128] [--compile] [--json] [--out FILE]
 
 User errors print one message and exit with code 2 (``--debug`` shows the traceback).
@@ -95,6 +97,15 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="what is available")
     p.add_argument("kind", choices=LIST_KINDS)
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("sweep", help="run a grid of configs x seeds (resumable), one after another or N at a time")
+    p.add_argument("sweep", help="sweep file (e.g. sweeps/fmnist_methods.yaml)")
+    p.add_argument("--parallel", type=int, default=1, help="runs at a time (subprocesses; default 1)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and their state; train nothing")
+
+    p = sub.add_parser("report", help="results table (mean +- std over seeds, gains, published numbers) of runs")
+    p.add_argument("target", help="sweep file, or a folder holding run directories")
+    p.add_argument("--out", default=None, help="where results.md / results.csv go (default: beside the runs)")
     return parser
 
 
@@ -197,8 +208,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import describe, load_sweep, run_sweep
+
+    sweep = load_sweep(args.sweep)
+    if args.dry_run:
+        print("\n".join(describe(sweep)))
+        return 0
+    outcomes = run_sweep(sweep, parallel=args.parallel)
+    failed = [o.name for o in outcomes if o.status == "failed"]
+    print(f"sweep {sweep.name}: {len(outcomes) - len(failed)}/{len(outcomes)} runs finished"
+          + (f"; failed: {', '.join(failed)}" if failed else "") + f". Table: adakd report {args.sweep}")
+    return 1 if failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report.table import build_report
+
+    markdown, files = build_report(args.target, args.out)
+    print(markdown, end="")
+    print("written: " + ", ".join(str(f) for f in files), file=sys.stderr)
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "export": cmd_export, "list": cmd_list,
-            "bench": cmd_bench}
+            "bench": cmd_bench, "sweep": cmd_sweep, "report": cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

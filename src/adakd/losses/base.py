@@ -134,6 +134,24 @@ class CompositeDistiller(Distiller):
     def needs_indices(self) -> bool:  # type: ignore[override]
         return any(p.needs_indices for p in self.parts.values())
 
+    @property
+    def pretrain_epochs(self) -> int:  # type: ignore[override]
+        """The longest pre-training stage of the parts (all parts with one pre-train together)."""
+        return max((int(getattr(p, "pretrain_epochs", 0)) for p in self.parts.values()), default=0)
+
+    def _pretraining_parts(self) -> list[Distiller]:
+        return [p for p in self.parts.values() if int(getattr(p, "pretrain_epochs", 0)) > 0]
+
+    def pretrain_loss(self, s: Features, t: Features, ctx: DistillContext) -> Tensor:
+        return sum(p.pretrain_loss(s, t, ctx) for p in self._pretraining_parts())
+
+    def pretrain_modules(self, student: nn.Module) -> list[nn.Module]:
+        return [m for p in self._pretraining_parts() for m in p.pretrain_modules(student)]
+
+    def on_epoch_start(self, epoch: int) -> None:
+        for part in self.parts.values():
+            part.on_epoch_start(epoch)
+
     def forward(self, s: Features, t: Features, ctx: DistillContext) -> dict[str, Tensor]:
         terms: dict[str, Tensor] = {}
         for key, part in self.parts.items():

@@ -125,6 +125,22 @@ def _teacher_checkpoint(cfg: Any) -> Path:
     return path
 
 
+def evaluation_loader(data_cfg: Any, device: torch.device) -> tuple[Any, Any]:
+    """(loader over the test split as the run evaluated it -- same test_subset --, DatasetInfo), without
+    reading the training split (which for ImageNet-size folders would not fit)."""
+    from ..data import DeviceLoader, balanced_subset, open_dataset
+
+    dataset = open_dataset(data_cfg.name, data_cfg.root, data_cfg.download, data_cfg.image_size, **data_cfg.options)
+    images, labels = dataset.load("test")
+    if data_cfg.test_subset is not None:
+        keep = balanced_subset(labels, data_cfg.test_subset, data_cfg.seed)
+        images, labels = images[keep], labels[keep]
+    info = dataset.info
+    loader = DeviceLoader(images, labels, batch_size=data_cfg.eval_batch_size, mean=info.mean, std=info.std,
+                          device=device)
+    return loader, info
+
+
 def compute_logit_correlation(run_dir: str | Path, which: str = "final", data_root: str | None = None,
                               device: str = "cpu", max_samples: int | None = None) -> dict[str, Any]:
     """Teacher-vs-student logit-correlation differences of a distillation run on its test split.
@@ -134,7 +150,6 @@ def compute_logit_correlation(run_dir: str | Path, which: str = "final", data_ro
     ``{"path", "mean_final", "mean_blocks": [...], "samples"}``.
     """
     from ..config import load_config
-    from ..data import build_data
     from ..engine.device import resolve_device
     from ..engine.teacher import load_teacher
     from ..export import load_student, resolve_checkpoint
@@ -148,14 +163,14 @@ def compute_logit_correlation(run_dir: str | Path, which: str = "final", data_ro
                          "compares a distilled student with its teacher.")
     dev = resolve_device(device)
     data_cfg = cfg.data.model_copy(update={"root": data_root}) if data_root else cfg.data
-    data = build_data(data_cfg, dev, seed=cfg.seed)
+    test, info = evaluation_loader(data_cfg, dev)
     student, _ = load_student(resolve_checkpoint(run_dir, which))
     student.to(dev)
-    teacher = load_teacher(cfg.teacher, data.info, dev, _teacher_checkpoint(cfg))
+    teacher = load_teacher(cfg.teacher, info, dev, _teacher_checkpoint(cfg))
     hook = _BLOCK_LOGITS.get(cfg.strategy.name)
     extra = hook(run_dir, student, dev) if hook is not None else None
-    z_s, blocks = collect_logits(student, data.test, extra, max_samples)
-    z_t, _ = collect_logits(teacher, data.test, None, max_samples)
+    z_s, blocks = collect_logits(student, test, extra, max_samples)
+    z_t, _ = collect_logits(teacher, test, None, max_samples)
     arrays = {"final": correlation_difference(z_s, z_t)}
     for index, z_b in enumerate(blocks, start=1):
         arrays[f"block_{index}"] = correlation_difference(z_b, z_t)
@@ -300,6 +315,8 @@ def plot_gradient_magnitudes(records: list[dict[str, Any]], path: Path, layer_na
                              title: str = "") -> Path:
     """First- and last-layer mean |grad| over epochs (log scale), one panel each."""
     plt = require_matplotlib()
+    from matplotlib.ticker import MaxNLocator
+
     names = layer_names or {}
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6))
     for ax, key, what in zip(axes, GRAD_KEYS, ("first layer", "last layer")):
@@ -309,6 +326,7 @@ def plot_gradient_magnitudes(records: list[dict[str, Any]], path: Path, layer_na
             ax.set_yscale("log")
         ax.set(title=f"{what} ({names[key]})" if key in names else what, xlabel="epoch", ylabel="mean |grad|")
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title or "mean gradient magnitude per epoch")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -36,7 +36,9 @@ def comparable_records(run_dir: Path, phase: str = "last") -> tuple[list[dict[st
         raise ConfigError(f"phase={phase!r}: use 'last' (the phase that trains the reported student) or 'all'.")
     last = records[-1].get("phase")
     chosen = [r for r in records if r.get("phase") == last]
-    return chosen, ("phase_epoch" if all("phase_epoch" in r for r in chosen) else "epoch")
+    if len(chosen) == len(records) or not all("phase_epoch" in r for r in chosen):
+        return chosen, "epoch"  # one phase: its epochs are the run's
+    return chosen, "phase_epoch"
 
 
 def _series(records: list[dict[str, Any]], xkey: str, ykey: str) -> tuple[list[float], list[float]]:
@@ -76,6 +78,8 @@ def plot_compare(run_dirs: Sequence[str | Path], out_dir: str | Path, labels: Se
 
 def _draw(plt: Any, runs: list[tuple[str, list[dict[str, Any]], str]], panels: list[tuple[str, str]],
           path: Path, log_y: bool) -> Path:
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
     for ax, (key, title) in zip(axes[0], panels):
         drawn = False
@@ -93,6 +97,7 @@ def _draw(plt: Any, runs: list[tuple[str, list[dict[str, Any]], str]], panels: l
         else:
             ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes, color="grey")
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

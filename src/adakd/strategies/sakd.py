@@ -37,8 +37,8 @@ from ..losses.kd import KD
 from ..models.contract import Features
 from ..registry import STRATEGIES
 from .base import Strategy, StrategyContext, correct_count
-from .sakd_graft import (GRAFT_BN_MODES, GraftAdapters, Spot, SpotTerm, check_graftable, distiller_parts,
-                         find_spots, frozen_bn_statistics, grafted_logits, spot_feature)
+from .sakd_graft import (GRAFT_BN_MODES, GraftAdapters, check_graftable, distiller_parts, find_spots,
+                         frozen_bn_statistics, grafted_logits, spot_feature)
 from .sakd_policy import RoutingPolicy, straight_through_gumbel_softmax
 
 ROUTINGS = ("policy", "reverse", "random", "everywhere", "nowhere")

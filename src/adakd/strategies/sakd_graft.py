@@ -108,7 +108,8 @@ def find_spots(parts: dict[str, Distiller], student: FeatureShapes,
         try:
             s_feats, t_feats = part.spot_features(fs), part.spot_features(ft, teacher=True)
         except NotImplementedError:
-            raise ConfigError(f"sakd: loss {key!r} does not decompose into spots; use strategy standard for it.") from None
+            raise ConfigError(f"sakd: loss {key!r} does not decompose into spots; "
+                              "use strategy standard for it.") from None
         if len(s_feats) != len(t_feats):
             raise ConfigError(f"sakd: loss {key!r} reads {len(s_feats)} student and {len(t_feats)} teacher spots.")
         for j, (s, t) in enumerate(zip(s_feats, t_feats)):

@@ -1,0 +1,51 @@
+"""The numbers of benchmarks/RESULTS.md: training-step throughput, eager baseline vs fast path.
+
+    python benchmarks/train_step.py                       # KD resnet32x4 -> resnet8x4, batch 64 and 128
+    python benchmarks/train_step.py --adaptive            # + SAKD / ABL (search, retrain) over KD, AEKT over DKD
+    python benchmarks/train_step.py --threads 1 2 --repeats 9 --out benchmarks/results
+
+Runs ``adakd bench`` (adakd.bench.run_bench) for each thread count given, prints its tables and
+writes one JSON per run into ``--out``. The two paths are timed window by window, interleaved, in
+one process, so background load hits both alike; the load average before and after is recorded
+with every result. For numbers to quote, use a quiet machine (load average well below the core
+count): on an oversubscribed machine 2 OpenMP threads stall each other and 1 thread is steadier.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from adakd.bench import SUITES, BenchSettings, format_table, progress_log, run_bench, write_json
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--threads", type=int, nargs="+", default=[0], help="torch threads per run (0: torch's choice)")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", action="store_true", help="also compile the fast path (minutes on CPU)")
+    parser.add_argument("--adaptive", action="store_true", help="also the adaptive-strategy overhead suite (fast path)")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = parser.parse_args()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for threads in args.threads:
+        settings = BenchSettings(batch_sizes=args.batch_size, threads=threads or None, repeats=args.repeats,
+                                 warmup=args.warmup, device=args.device, compile=args.compile)
+        result = run_bench(settings, SUITES["kd"], log=progress_log)
+        print(format_table(result), "\n", flush=True)
+        write_json(result, args.out / f"kd-{stamp}-t{threads}.json")
+        if args.adaptive:
+            settings.paths = ("fast",)
+            settings.batch_sizes = [args.batch_size[0]]
+            result = run_bench(settings, SUITES["adaptive"], log=progress_log)
+            print(format_table(result), "\n", flush=True)
+            write_json(result, args.out / f"adaptive-{stamp}-t{threads}.json")
+
+
+if __name__ == "__main__":
+    main()
