@@ -85,7 +85,8 @@ def test_malformed_yaml_subprocess_exit_code(tmp_path):
 
 
 def test_every_shipped_config_validates(capsys):
-    configs = sorted((REPO / "configs").rglob("*.yaml"))
+    # base*.yaml files are partial recipes that others inherit (`base:`), not runnable on their own
+    configs = sorted(p for p in (REPO / "configs").rglob("*.yaml") if not p.name.startswith("base"))
     assert configs, "no configs shipped"
     for path in configs:
         assert main(["train", str(path), "--dry-run"]) == 0, path
