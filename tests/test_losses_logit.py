@@ -458,3 +458,21 @@ def test_plot_class_relations(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["rel.png"]
     with pytest.raises(ConfigError):
         plot_class_relations(w[:, :3], None, tmp_path / "bad.png")
+
+
+def test_aekt_serializer_learns_at_scaled_lr_without_decay():
+    """The C x C layer gets lr * serializer_lr_scale and no weight decay; the student keeps lr and decay."""
+    from adakd.config import OptimizerConfig
+    from adakd.engine.optim import build_optimizer, parameters_of
+    from adakd.losses.aekt import AEKT
+    from adakd.models.contract import FeatureShapes
+
+    shapes = FeatureShapes(stages=[(4, 2, 2)], pooled=4, num_classes=5)
+    loss = AEKT(shapes, shapes, serializer_lr_scale=0.02)
+    student = torch.nn.Linear(3, 5)
+    opt = build_optimizer(parameters_of([student, loss]), OptimizerConfig(lr=0.1, weight_decay=5e-4), 0.1)
+    by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
+    assert by_param[id(student.weight)]["lr"] == pytest.approx(0.1)
+    assert by_param[id(student.weight)]["weight_decay"] == pytest.approx(5e-4)
+    assert by_param[id(loss.serializer.weight)]["lr"] == pytest.approx(0.002)
+    assert by_param[id(loss.serializer.weight)]["weight_decay"] == 0.0

@@ -51,13 +51,32 @@ def parameters_of(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
     return params
 
 
+#: Per-parameter attributes a module may set to change how the optimiser treats that parameter.
+LR_SCALE_ATTR = "adakd_lr_scale"  # lr multiplier (e.g. AEKT's serialization layer)
+NO_DECAY_ATTR = "adakd_no_weight_decay"  # exclude from weight decay
+
+
+def _param_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict]:
+    """Group parameters by (lr scale, weight decay); one group when nobody asked for anything special."""
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for p in params:
+        scale = float(getattr(p, LR_SCALE_ATTR, 1.0))
+        decay = 0.0 if getattr(p, NO_DECAY_ATTR, False) else weight_decay
+        groups.setdefault((scale, decay), []).append(p)
+    return [{"params": ps, "lr_scale": scale, "weight_decay": decay} for (scale, decay), ps in groups.items()]
+
+
 def build_optimizer(params: list[nn.Parameter], cfg: OptimizerConfig, lr: float) -> torch.optim.Optimizer:
-    """SGD (foreach) or AdamW; no weight decay on BN/bias (1-d) parameters would change published recipes, so all
-    parameters share the configured weight decay, as in the reference code bases."""
+    """SGD (foreach) or AdamW. Every parameter has the configured weight decay (as in the reference code
+    bases), except those a module marked with ``adakd_no_weight_decay``; ``adakd_lr_scale`` multiplies a
+    parameter's lr (its group keeps ``lr_scale`` so the schedule applies it)."""
+    groups = _param_groups(params, cfg.weight_decay)
+    for group in groups:
+        group["lr"] = lr * group["lr_scale"]
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                                weight_decay=cfg.weight_decay, foreach=True)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, foreach=True)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay, foreach=True)
 
 
 class StepSchedule:
@@ -75,4 +94,5 @@ class StepSchedule:
         factor = lr_factor(step / self.steps_per_epoch, self.total_epochs, self.cfg)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
-        return self.base_lrs[0] * factor
+        first = self.optimizer.param_groups[0]
+        return self.base_lrs[0] / first.get("lr_scale", 1.0) * factor

@@ -52,10 +52,14 @@ def recipe_config(teacher: TeacherConfig, parent: RunConfig) -> RunConfig:
 
 
 def recipe_key(cfg: RunConfig) -> str:
-    payload = cfg.model_dump(mode="json")
+    """Name + hash of what the recipe sets explicitly (defaults left out, so a new config field does not
+    invalidate every cached teacher), without runtime-only keys (where data lives, device, compile)."""
+    payload = cfg.model_dump(mode="json", exclude_defaults=True)
     for key in _RUNTIME_KEYS:
         payload.pop(key, None)
-    payload["data"].pop("root", None)
+    payload.get("data", {}).pop("root", None)
+    for key in ("compile", "compile_mode"):
+        payload.get("train", {}).pop(key, None)
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
     return f"{cfg.name}-{cfg.student.name}-{digest}"
 

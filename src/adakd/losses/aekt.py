@@ -86,7 +86,7 @@ class AEKT(Distiller):
                  temperature: float = 4.0, alpha: float = 1.0, beta: float = 8.0, aekt_weight: float = 1.0,
                  w_max: float = 10.0, warmup_epochs: float = 20.0, serialize: bool = True,
                  use_tckd: bool = True, use_nckd: bool = True, use_aekt: bool = True,
-                 drop_gradient_factor: bool = False) -> None:
+                 drop_gradient_factor: bool = False, serializer_lr_scale: float = 0.01) -> None:
         super().__init__(student, teacher, weight)
         num_classes = check_logit_shapes(self.name, student, teacher)
         check_dkd_options(self.name, temperature, alpha, beta, warmup_epochs)
@@ -110,6 +110,14 @@ class AEKT(Distiller):
             with torch.no_grad():
                 self.serializer.weight.copy_(torch.eye(num_classes))
                 self.serializer.bias.zero_()
+            # The layer sees raw logits (|z| ~ 10) under T^2-scaled losses, so its gradients are ~100x the
+            # student's: at the student's lr it diverges within a few steps. It learns at a fraction of the
+            # lr, without weight decay (decay would pull it to 0, not to its identity start).
+            if serializer_lr_scale <= 0:
+                raise ConfigError(f"aekt: serializer_lr_scale must be > 0 (got {serializer_lr_scale}); default 0.01.")
+            for param in self.serializer.parameters():
+                setattr(param, "adakd_lr_scale", float(serializer_lr_scale))
+                setattr(param, "adakd_no_weight_decay", True)
 
     # -- the task-serialization layer ------------------------------------------------
     def serialized_logits(self, logits: Tensor) -> Tensor:
