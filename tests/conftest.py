@@ -35,3 +35,15 @@ def _private_cache(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.getbasetemp() / "adakd-cache"
     monkeypatch.setenv("ADAKD_CACHE", str(cache))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small batches of small images run fastest on one thread (and do not spin on a busy machine).
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -39,13 +39,7 @@ MATRIX = [(m, p) for m in GEN.METHODS for p in PAIRS if GEN.applies(m, p)]
 REPRESENTATIVE = "res56_res20"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Batch-2 forwards are far faster single-threaded on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cifar_files() -> list[Path]:
