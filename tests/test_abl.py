@@ -14,7 +14,7 @@ from torch.func import functional_call
 from adakd.config import validate
 from adakd.data import Batch
 from adakd.engine.checkpoint import load_checkpoint
-from adakd.engine.trainer import Trainer, train
+from adakd.engine.trainer import train
 from adakd.errors import ConfigError
 from adakd.losses.base import DistillContext
 from adakd.losses.build import build_distiller
@@ -23,6 +23,7 @@ from adakd.strategies import StrategyContext
 from adakd.strategies.abl import ABLStrategy
 from adakd.strategies.abl_gradients import abl_forward, apply_mixed, local_losses, separate_gradients
 from adakd.strategies.abl_heads import AuxHead
+from tiny_runs import Killed, apply_dotted, kill_after_steps
 
 SIZE = 8
 ALPHA = 0.7
@@ -328,13 +329,7 @@ def tiny_config(tmp_path: Path, root: Path, teacher_recipe: Path, **updates) -> 
         "train": {"epochs": 1, "precision": "fp32", "channels_last": False, "optimizer": {"lr": 0.05},
                   "schedule": {"name": "cosine"}},
     }
-    for key, value in updates.items():
-        node = cfg
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return cfg
+    return apply_dotted(cfg, updates)
 
 
 @pytest.fixture(scope="module")
@@ -345,31 +340,6 @@ def teacher_recipe(tmp_path_factory):
     teacher = build_model("resnet8", num_classes=10, in_channels=1, image_size=28, widths=[8, 16, 16])
     torch.save(teacher.state_dict(), path)
     return path
-
-
-class _Kill(Exception):
-    pass
-
-
-def _kill_in(phase_name: str, after_steps: int, monkeypatch):
-    original = Trainer._run_epoch
-
-    def dying(self, index, phase, epoch, step, position, optimizer, schedule, acc, stop):
-        if phase.name == phase_name:
-            real, count = phase.step, [0]
-
-            def step_then_die(batch, ctx, opt):
-                out = real(batch, ctx, opt)
-                count[0] += 1
-                if count[0] == after_steps:
-                    raise _Kill()
-                return out
-
-            phase.step = step_then_die
-        return original(self, index, phase, epoch, step, position, optimizer, schedule, acc, stop)
-
-    monkeypatch.setattr(Trainer, "_run_epoch", dying)
-    return original
 
 
 def test_two_stage_run_records_and_resume_after_kill(tmp_path, fmnist_root, teacher_recipe, monkeypatch):
@@ -402,10 +372,10 @@ def test_two_stage_run_records_and_resume_after_kill(tmp_path, fmnist_root, teac
     # killed again in the middle of the retrain, resumed: the same student, gammas and records
     cfg = validate(tiny_config(tmp_path / "k", fmnist_root, teacher_recipe, **every))
     for phase_name in ("search", "train"):
-        original = _kill_in(phase_name, 3, monkeypatch)
-        with pytest.raises(_Kill):
+        restore = kill_after_steps(monkeypatch, 3, lambda phase, call, name=phase_name: phase.name == name)
+        with pytest.raises(Killed):
             train(cfg.model_copy(update={"resume": phase_name == "train"}), log=lambda m: None)
-        monkeypatch.setattr(Trainer, "_run_epoch", original)
+        restore()
     resumed = train(cfg.model_copy(update={"resume": True}), log=lambda m: None)
     a = load_checkpoint(d / "checkpoints" / "student.pt")["model"]
     b = load_checkpoint(Path(resumed["run_dir"]) / "checkpoints" / "student.pt")["model"]

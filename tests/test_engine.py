@@ -10,8 +10,9 @@ import torch
 
 from adakd.config import validate
 from adakd.engine.checkpoint import load_checkpoint, save_checkpoint
-from adakd.engine.trainer import NonFiniteLoss, Trainer, train
+from adakd.engine.trainer import NonFiniteLoss, train
 from adakd.errors import AdakdError, CheckpointError
+from tiny_runs import Killed, apply_dotted, kill_after_steps
 
 TINY_MODEL = {"name": "resnet8", "kwargs": {"widths": [8, 16, 16]}}
 
@@ -29,13 +30,7 @@ def tiny_config(tmp_path: Path, root: Path, **updates) -> dict:
         "train": {"epochs": 2, "precision": "fp32", "channels_last": False,
                   "optimizer": {"lr": 0.05}, "schedule": {"name": "cosine"}},
     }
-    for key, value in updates.items():
-        node = cfg
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return cfg
+    return apply_dotted(cfg, updates)
 
 
 def run(tmp_path, root, **updates):
@@ -75,37 +70,16 @@ def test_same_seed_same_numbers(tmp_path, fmnist_root):
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
-class _Kill(Exception):
-    pass
-
-
 @pytest.mark.parametrize("every", [None, 3])
 def test_resume_after_kill_matches_uninterrupted(tmp_path, fmnist_root, monkeypatch, every):
     """Kill after an epoch (or mid-epoch with step checkpoints), resume, end bitwise equal."""
     straight = run(tmp_path / "straight", fmnist_root, **{"train.checkpoint_every_steps": every})
     cfg = validate(tiny_config(tmp_path / "killed", fmnist_root, **{"train.checkpoint_every_steps": every}))
-    original = Trainer._run_epoch
-    calls = {"n": 0}
-
-    def dying_epoch(self, index, phase, epoch, step, position, optimizer, schedule, acc, stop):
-        calls["n"] += 1
-        if calls["n"] == 2:  # epoch 2: die after 5 of its 8 steps (with every=3, the last step checkpoint is at 4)
-            real_step, count = phase.step, [0]
-
-            def step_then_die(batch, ctx, opt):
-                out = real_step(batch, ctx, opt)
-                count[0] += 1
-                if count[0] == 5:
-                    raise _Kill()
-                return out
-
-            phase.step = step_then_die
-        return original(self, index, phase, epoch, step, position, optimizer, schedule, acc, stop)
-
-    monkeypatch.setattr(Trainer, "_run_epoch", dying_epoch)
-    with pytest.raises(_Kill):
+    # epoch 2: die after 5 of its 8 steps (with every=3, the last step checkpoint is at 4)
+    restore = kill_after_steps(monkeypatch, 5, lambda phase, call: call == 2)
+    with pytest.raises(Killed):
         train(cfg, log=lambda m: None)
-    monkeypatch.setattr(Trainer, "_run_epoch", original)
+    restore()
     resumed = train(cfg.model_copy(update={"resume": True}), log=lambda m: None)
     a, b = student_state(straight["run_dir"]), student_state(resumed["run_dir"])
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -14,7 +14,7 @@ import adakd.losses  # noqa: F401  (registers every distiller)
 from adakd.config import validate
 from adakd.data import Batch
 from adakd.engine.checkpoint import load_checkpoint
-from adakd.engine.trainer import Trainer, train
+from adakd.engine.trainer import train
 from adakd.errors import ConfigError
 from adakd.losses.base import DistillContext
 from adakd.losses.build import build_distiller
@@ -23,6 +23,7 @@ from adakd.registry import STRATEGIES
 from adakd.strategies import StrategyContext
 from adakd.strategies.sakd_graft import GraftAdapters, Spot, check_adapters, frozen_bn_statistics, grafted_logits
 from adakd.strategies.sakd_policy import straight_through_gumbel_softmax
+from tiny_runs import Killed, apply_dotted, kill_after_steps
 
 CPU = torch.device("cpu")
 
@@ -356,13 +357,7 @@ def tiny_config(tmp_path: Path, root: Path, teacher_dir: str | None = None, **up
     }
     if teacher_dir:
         cfg["teacher"] = {"name": "resnet8", "kwargs": {"widths": [16, 16, 32]}, "checkpoint": teacher_dir}
-    for key, value in updates.items():
-        node = cfg
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return cfg
+    return apply_dotted(cfg, updates)
 
 
 @pytest.fixture(scope="module")
@@ -371,10 +366,6 @@ def teacher_dir(tmp_path_factory, fmnist_root):
     cfg = tiny_config(tmp, fmnist_root, name="teacher", **{"student.kwargs.widths": [16, 16, 32], "train.epochs": 2,
                                                            "data.train_subset": 512, "train.optimizer.lr": 0.1})
     return train(validate(cfg), log=lambda m: None)["run_dir"]
-
-
-class _Kill(Exception):
-    pass
 
 
 @pytest.mark.parametrize("losses,options", [({"at": {"weight": 100.0}}, {}), ({"pkt": {}}, {"init_everywhere": False})])
@@ -399,28 +390,11 @@ def test_fmnist_sakd_learns_and_resumes_exactly(tmp_path, fmnist_root, teacher_d
     assert {"policy", "adapters", "policy_optimizer", "generator"} <= set(state)
 
     cfg = validate(tiny_config(tmp_path / "b", fmnist_root, teacher_dir, **updates))
-    original = Trainer._run_epoch
-    calls = {"n": 0}
-
-    def dying_epoch(self, index, phase, epoch, step, position, optimizer, schedule, acc, stop):
-        calls["n"] += 1
-        if calls["n"] == 2:  # epoch 2: die after 5 of its 8 steps (last step checkpoint at 3 + 1)
-            real_step, count = phase.step, [0]
-
-            def step_then_die(batch, ctx, opt):
-                out = real_step(batch, ctx, opt)
-                count[0] += 1
-                if count[0] == 5:
-                    raise _Kill()
-                return out
-
-            phase.step = step_then_die
-        return original(self, index, phase, epoch, step, position, optimizer, schedule, acc, stop)
-
-    monkeypatch.setattr(Trainer, "_run_epoch", dying_epoch)
-    with pytest.raises(_Kill):
+    # epoch 2: die after 5 of its 8 steps (last step checkpoint at 3 + 1)
+    restore = kill_after_steps(monkeypatch, 5, lambda phase, call: call == 2)
+    with pytest.raises(Killed):
         train(cfg, log=lambda m: None)
-    monkeypatch.setattr(Trainer, "_run_epoch", original)
+    restore()
     resumed = train(cfg.model_copy(update={"resume": True}), log=lambda m: None)
     r = Path(resumed["run_dir"])
     a, b = exported, load_checkpoint(r / "checkpoints" / "student.pt")["model"]

@@ -10,7 +10,6 @@ continues from ``last.pt`` with ``resume``; SIGTERM/SIGINT save first, then stop
 """
 from __future__ import annotations
 
-import math
 import signal
 import sys
 import time
@@ -443,9 +442,6 @@ class Trainer:
         if "test_top1" in record:
             msg += f" test {record['test_top1']:.2f}% (top-5 {record['test_top5']:.2f}%)"
         self._log(msg)
-        # the next epoch of the same phase starts from a fresh permutation
-        if last_epoch:
-            return
 
     def _progress(self, total: int, initial: int, desc: str):
         if not self.cfg.progress or not sys.stderr.isatty():
@@ -488,7 +484,7 @@ class Trainer:
         }
         if final:
             summary.update(self.strategy.end_of_training())
-        elif self.run_dir.read_summary():  # a finished run resumed again: keep what the strategy recorded
+        else:  # a finished run resumed again: keep what the strategy recorded
             previous = self.run_dir.read_summary() or {}
             summary.update({k: v for k, v in previous.items() if k not in summary})
         self.run_dir.write_summary(summary)
@@ -520,6 +516,3 @@ def train(cfg: RunConfig, log: Callable[[str], None] | None = None) -> dict[str,
     ddp.shutdown_distributed()
     return summary
 
-
-def _finite(x: float) -> bool:
-    return isinstance(x, float) and math.isfinite(x)
