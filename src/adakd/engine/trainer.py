@@ -226,7 +226,7 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def _phase_optimizer(self, phase: Phase) -> tuple[torch.optim.Optimizer, StepSchedule]:
         ocfg = self.cfg.train.optimizer
-        lr = phase.lr if phase.lr is not None else ocfg.lr
+        lr = ocfg.lr
         if ocfg.lr_reference_batch:
             lr *= self.cfg.data.batch_size * self.dist.world_size / ocfg.lr_reference_batch  # global batch
         optimizer = ddp.sync_gradients(prefer_fused(build_optimizer(parameters_of(phase.modules), ocfg, lr),

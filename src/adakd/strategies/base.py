@@ -41,8 +41,6 @@ class Phase:
     model: nn.Module  # evaluated on the test split at epoch ends
     on_start: Callable[[], None] | None = None
     evaluate: bool = True
-    #: Override of the optimiser's lr (pre-training phases use their own); None = the config's.
-    lr: float | None = None
     #: "config" = the run's schedule; "constant" = fixed lr.
     schedule: str = "config"
 
