@@ -258,7 +258,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry(argv: Any = None) -> None:
-    sys.exit(main(argv))
+    """The console script. A torchrun worker leaves with ``os._exit`` once its work is saved and the
+    process group is destroyed: interpreter finalisation can otherwise abort in gloo's C++ destructors
+    ("terminate called without an active exception", SIGABRT; seen once in CI on a finished run), which
+    torchrun reports as a failed job although every file was written."""
+    code = main(argv)
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ All helpers are no-ops in a 1-process run.
 from __future__ import annotations
 
 import contextlib
+import gc
 import datetime
 import os
 from dataclasses import dataclass
@@ -116,6 +117,7 @@ def shutdown_distributed(clean: bool = True) -> None:
             dist.barrier()
         dist.destroy_process_group()
     _state.update(initialized_here=False, control=None)
+    gc.collect()  # free the groups' C++ state now, not during interpreter shutdown
 
 
 def _active() -> bool:
