@@ -109,6 +109,56 @@ def test_two_processes_match_one_process(tmp_path, fmnist_root, reference):
     assert len(metrics(tmp_path / "two")) == 1
 
 
+ADAPTIVE = {
+    # SAKD: policy + graft adapters trained by their own optimiser; Gumbel noise drawn for the global batch;
+    # init_bias 0 so that the routing is a real coin flip per sample and spot. AT at weight 1: at 100 the
+    # float noise of any 2-rank run (standard AT included) grows to ~4e-5 in 4 steps, at 1 it stays ~1e-6.
+    "sakd": {"losses": {"at": {"weight": 1.0}},
+             "strategy": {"name": "sakd", "options": {"kd_weight": 1.0, "init_bias": 0.0}}},
+    # ABL: 1 search epoch (hypergradient from the job's validation batch, gamma by Adam), then 1 retrain epoch
+    "abl": {"ce_weight": 0.1, "losses": {"kd": {"weight": 0.9, "temperature": 4.0}},
+            "strategy": {"name": "abl", "options": {"search_epochs": 1, "warm_start_epochs": 0}}},
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(ADAPTIVE))
+def test_adaptive_strategies_two_processes_match_one(strategy, tmp_path, fmnist_root):
+    """The strategies' own state (SAKD's policy and adapters, ABL's gamma) stays one job's state: 2 ranks x
+    batch 16 end with the weights, and ABL with the gammas, of 1 process x batch 32 (4 steps per epoch)."""
+    torch.manual_seed(123)
+    from adakd.engine.checkpoint import save_checkpoint
+    from adakd.models import build_model
+
+    teacher = build_model("resnet8", num_classes=10, in_channels=1, image_size=28, widths=[8, 16, 16])
+    save_checkpoint(tmp_path / "teacher.pt", {"model": teacher.state_dict()})
+
+    def config(run_dir: Path) -> dict:
+        cfg = tiny(fmnist_root, run_dir)
+        cfg.update(ADAPTIVE[strategy], teacher={"name": "resnet8", "kwargs": {"widths": [8, 16, 16]},
+                                                "checkpoint": str(tmp_path / "teacher.pt")})
+        if strategy == "abl":
+            cfg["data"]["val_fraction"] = 0.05
+        return cfg
+
+    one = in_process(config(tmp_path / "one"))
+    cfg = tmp_path / "two.yaml"
+    cfg.write_text(yaml.safe_dump(config(tmp_path / "two")))
+    finish(torchrun(["--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port())],
+                    cfg, "data.batch_size=16"))
+    assert_close_weights(weights(tmp_path / "one"), weights(tmp_path / "two"))
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    if strategy == "abl":
+        torch.testing.assert_close(torch.tensor(two["abl_gammas"]), torch.tensor(one["abl_gammas"]), atol=ATOL, rtol=0)
+        assert one["abl_gammas"] != [[0.5, 0.5]] * len(one["abl_gammas"])  # the search moved gamma
+    else:
+        fractions = []
+        for spot in one["sakd_spots"]:  # the job's routed fraction, not rank 0's: the same draws
+            key = f"route_teacher.{spot}"
+            fractions.append(metrics(tmp_path / "one")[0][key])
+            assert metrics(tmp_path / "two")[0][key] == fractions[-1]
+        assert 0.0 < min(fractions) and max(fractions) < 1.0  # some samples routed, some not
+
+
 def test_two_nodes_resume_a_one_process_checkpoint(tmp_path, fmnist_root, reference, monkeypatch):
     """1 process (batch 32) dies after 2 of 4 steps; 2 nodes x 1 process (batch 16 each) resume mid-epoch
     through a static rendezvous on 127.0.0.1 and end where the uninterrupted 1-process run ends."""

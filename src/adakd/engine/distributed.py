@@ -304,15 +304,51 @@ def all_reduce_grads(params: Iterable[nn.Parameter]) -> None:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             present.append(p.grad)
+    all_reduce_mean_(present)
+
+
+def all_reduce_mean_(tensors: list[Tensor]) -> None:
+    """In place: every tensor <- (1 / W) * sum_r tensor_r (bucketed: one all-reduce per ~25 MB).
+
+    Every rank must pass tensors of the same shapes in the same order (e.g. gradients of a validation
+    loss, as ABL's hypergradient needs)."""
+    if not _active() or not tensors:
+        return
     w = dist.get_world_size()
-    for bucket in _buckets(present):
+    for bucket in _buckets(tensors):
         flat = torch.cat([g.reshape(-1) for g in bucket])
         dist.all_reduce(flat)
         flat.div_(w)
         offset = 0
         for g in bucket:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g.contiguous()))
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
+
+
+def global_rows(local_rows: int) -> int:
+    """The job's batch size: ``local_rows`` summed over the ranks."""
+    if not _active():
+        return int(local_rows)
+    t = torch.tensor([int(local_rows)], dtype=torch.int64)
+    dist.all_reduce(t, group=_control_group())
+    return int(t.item())
+
+
+def rank_share(draw: Callable[[int], Tensor], local_rows: int) -> Tensor:
+    """This rank's rows of a random draw made for the whole job's batch.
+
+    ``draw(n)`` returns n rows from a generator seeded identically on every rank. It is called with the
+    global batch size G and rank r keeps rows ``r::W``: the rows of the samples this rank holds (the
+    training shard is the strided ``perm[r::W]`` of the global batch), so the draw equals a 1-process
+    run's and every rank's generator advances alike.
+    """
+    if not _active():
+        return draw(local_rows)
+    rows = draw(global_rows(local_rows))[dist.get_rank()::dist.get_world_size()]
+    if rows.shape[0] != local_rows:
+        raise AdakdError(f"rank {dist.get_rank()}: {local_rows} rows but the strided share of the global batch "
+                         f"has {rows.shape[0]}; the ranks' batches must come from one sharded loader.")
+    return rows
 
 
 def sync_gradients(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -501,7 +537,8 @@ def all_reduce_sums(values: list[Tensor]) -> list[Tensor]:
 __all__ = [
     "DistInfo", "SINGLE", "init_distributed", "shutdown_distributed", "current", "is_main", "rank", "world_size",
     "local_only", "rank_device", "barrier", "broadcast_object", "run_on_main", "agree_any", "agree_min",
-    "all_finite", "all_reduce_mean", "all_gather_rows", "broadcast_module", "all_reduce_grads", "sync_gradients",
+    "all_finite", "all_reduce_mean", "all_gather_rows", "broadcast_module", "all_reduce_grads", "all_reduce_mean_",
+    "global_rows", "rank_share", "sync_gradients",
     "wrap_ddp", "GlobalBatchNorm", "convert_sync_batchnorm", "reduce_accumulator", "accumulator_state",
     "resume_position", "shard_loader", "all_reduce_sums",
 ]

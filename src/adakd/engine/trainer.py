@@ -199,9 +199,13 @@ class Trainer:
             device=self.device, precision=self.precision, num_classes=self.data.info.num_classes,
             options=dict(cfg.strategy.options),
             skip_nonfinite=cfg.train.on_nonfinite == "skip", epochs=cfg.train.epochs, val_loader=self.data.val,
-            test_loader=self.data.test, run_dir=self.run_dir.path, steps_per_epoch=self.steps_per_epoch,
-            seed=cfg.seed))
+            test_loader=self.data.test, run_dir=self.run_dir.path if self.dist.is_main else None,
+            steps_per_epoch=self.steps_per_epoch, seed=cfg.seed))
         self.phases = self.strategy.phases()
+        if cfg.train.sync_batchnorm and self.dist.active:  # connectors, auxiliary heads: every trained module
+            for phase in self.phases:
+                for module in phase.modules:
+                    ddp.convert_sync_batchnorm(module, self.device)
         if cfg.train.compile:  # forward_features of student and teacher (what the strategies call)
             compile_models([self.student, self.teacher], self.device, cfg.train.compile_mode,
                            static_shapes=cfg.data.drop_last, cache_dir=self.run_dir.path / "inductor_cache")

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data import Batch
+from ..engine import distributed as ddp
 from ..engine.device import autocast
 from ..errors import ConfigError
 from ..losses.base import DistillContext
@@ -150,8 +151,9 @@ class ABLStrategy(Strategy):
         self.gamma = nn.Parameter(torch.zeros(self.num_blocks - 1, 2, device=device, dtype=param.dtype))
         self.last_hypergradient: Tensor | None = None  # dL_val/dgamma of the latest meta step
         betas = tuple(float(b) for b in o["meta_betas"])
-        self.meta_opt = torch.optim.Adam([self.gamma], lr=self.meta_lr, betas=betas,  # type: ignore[arg-type]
-                                         weight_decay=float(o["meta_weight_decay"]))
+        self.meta_opt = ddp.sync_gradients(  # under torchrun the hypergradient is averaged over the ranks
+            torch.optim.Adam([self.gamma], lr=self.meta_lr, betas=betas,  # type: ignore[arg-type]
+                             weight_decay=float(o["meta_weight_decay"])))
         self.fixed: Tensor | None = None  # probabilities when gamma is not (or no longer) searched
         self.source = "search"
         self._set_initial_gammas(o, ctx.seed, device)
@@ -356,10 +358,12 @@ class ABLStrategy(Strategy):
         return out
 
     def _val_batch(self, step: int, size: int) -> Batch:
+        """A validation mini-batch as large as the training batch (the job's, under torchrun: each rank
+        takes its strided share of the same draw)."""
         loader = self.ctx.val_loader
         gen = torch.Generator().manual_seed((self.ctx.seed * 1_000_003 + step) % (2**63))
-        rows = torch.randperm(loader.num_rows, generator=gen)[:size].to(loader.device)
-        return loader.batch(rows)
+        rows = ddp.rank_share(lambda n: torch.randperm(loader.num_rows, generator=gen)[:n], size)
+        return loader.batch(rows.to(loader.device))
 
     def _val_gradient(self, batch: Batch, ctx: DistillContext) -> tuple[list[list[Tensor]], Tensor]:
         """v = dL_val/dtheta per block at the current parameters, on a validation mini-batch."""
@@ -383,7 +387,8 @@ class ABLStrategy(Strategy):
         for blk in self.blocks:
             v.append([torch.zeros_like(q) if x is None else x for x, q in zip(g[start:start + len(blk)], blk)])
             start += len(blk)
-        return v, loss.detach().float()
+        ddp.all_reduce_mean_([x for blk in v for x in blk])  # the job's validation batch (no-op in 1 process)
+        return v, ddp.all_reduce_mean(loss.detach().float().clone())
 
     def _darts(self, snap: OptimizerSnapshot, v: list[list[Tensor]], batch: Batch, t: Any, ctx: DistillContext,
                coefs: list[list[float]]) -> Tensor:

@@ -65,7 +65,8 @@ class StrategyContext:
     val_loader: Any = None
     #: Test loader, for end-of-training analyses only (e.g. accuracy of ABL's auxiliary heads).
     test_loader: Any = None
-    #: The run directory, for extra records (e.g. per-iteration traces) next to metrics.jsonl.
+    #: The run directory, for extra records (e.g. per-iteration traces) next to metrics.jsonl; None where
+    #: nothing may be written (ranks other than 0 of a torchrun job).
     run_dir: Any = None
     #: Steps per epoch of the training loader.
     steps_per_epoch: int = 1

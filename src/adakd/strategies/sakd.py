@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data import Batch
+from ..engine import distributed as ddp
 from ..engine.device import autocast
 from ..errors import ConfigError
 from ..losses.base import DistillContext, Distiller
@@ -39,7 +40,7 @@ from ..registry import STRATEGIES
 from .base import Strategy, StrategyContext, correct_count
 from .sakd_graft import (GRAFT_BN_MODES, GraftAdapters, check_graftable, distiller_parts, find_spots,
                          frozen_bn_statistics, grafted_logits, spot_feature)
-from .sakd_policy import RoutingPolicy, straight_through_gumbel_softmax
+from .sakd_policy import RoutingPolicy, gumbel_noise, straight_through_gumbel_softmax
 
 ROUTINGS = ("policy", "reverse", "random", "everywhere", "nowhere")
 
@@ -97,9 +98,9 @@ class SAKDStrategy(Strategy):
             self.policy = RoutingPolicy(t_shapes.pooled, s_shapes.pooled, len(self.spots), self.same_family,
                                         float(self.opts["init_bias"])).to(ctx.device)
             self.adapters = GraftAdapters(self.spots, s_shapes, t_shapes).to(ctx.device)
-        self.policy_optimizer = torch.optim.SGD(
+        self.policy_optimizer = ddp.sync_gradients(torch.optim.SGD(  # under torchrun: gradients averaged over ranks
             list(self.policy.parameters()) + list(self.adapters.parameters()), lr=0.0,
-            momentum=float(self.opts["policy_momentum"]), weight_decay=float(self.opts["policy_weight_decay"]))
+            momentum=float(self.opts["policy_momentum"]), weight_decay=float(self.opts["policy_weight_decay"])))
         self.generator = torch.Generator(device=ctx.device)
         self.generator.manual_seed(ctx.seed + 104729)
         self._routed = torch.zeros(len(self.spots), device=ctx.device)
@@ -130,7 +131,10 @@ class SAKDStrategy(Strategy):
 
     # -- routing --------------------------------------------------------------------------------
     def decide(self, s: Features, t: Features) -> Tensor:
-        """Decisions a [B, S] in {0, 1} (1 = route to the teacher); straight-through from the policy."""
+        """Decisions a [B, S] in {0, 1} (1 = route to the teacher); straight-through from the policy.
+
+        Random draws are made for the job's whole batch and each rank keeps its samples' rows
+        (``ddp.rank_share``), so a torchrun job routes exactly as one process with the global batch."""
         b, n = s.logits.shape[0], len(self.spots)
         device = s.logits.device
         if self.routing == "everywhere":
@@ -138,9 +142,12 @@ class SAKDStrategy(Strategy):
         if self.routing == "nowhere":
             return torch.zeros(b, n, device=device)
         if self.routing == "random":
-            return (torch.rand(b, n, generator=self.generator, device=device) < 0.5).float()
+            u = ddp.rank_share(lambda rows: torch.rand(rows, n, generator=self.generator, device=device), b)
+            return (u < 0.5).float()
         logits = self.policy(t.pooled, s.pooled)
-        return straight_through_gumbel_softmax(logits, float(self.opts["temperature"]), self.generator)[..., 0]
+        noise = ddp.rank_share(lambda rows: gumbel_noise((rows, *logits.shape[1:]), self.generator, device,
+                                                         logits.dtype), b)
+        return straight_through_gumbel_softmax(logits, float(self.opts["temperature"]), noise=noise)[..., 0]
 
     def distil_masks(self, a: Tensor) -> Tensor:
         """Where the distillation losses apply [B, S] (bool): a = 1, or a = 0 for the reverse control."""
@@ -186,10 +193,25 @@ class SAKDStrategy(Strategy):
                                    first_teacher=first_teacher, first_student=first_student)
         ce_graft = F.cross_entropy(z.float(), labels)
         ce_student = F.cross_entropy(s.logits.detach().float(), labels)
+        if ddp.world_size() > 1:
+            return self._job_policy_loss(ce_graft, ce_student, a[:, -1], labels.shape[0])
         scale = torch.where(ce_graft > ce_student, self.gamma,
                             torch.where(ce_graft < ce_student, 1.0 / self.gamma, 1.0)).detach()
         hinge = torch.clamp(labels.shape[0] / 2.0 - a[:, -1].sum(), min=0.0)
         return ce_graft * scale + hinge
+
+    def _job_policy_loss(self, ce_graft: Tensor, ce_student: Tensor, at_logits: Tensor, rows: int) -> Tensor:
+        """L_P of the job's batch under torchrun: its value is the 1-process L_P of the global batch, and the
+        ranks' averaged gradient is that L_P's gradient. The scale compares the job's mean CEs; the hinge
+        max(0, G/2 - sum of a over all G samples) enters with weight W, as the ranks' gradients are averaged."""
+        means = ddp.all_reduce_sums([ce_graft.detach(), ce_student.detach()])
+        w = ddp.world_size()
+        graft, student = (float(m) / w for m in means)
+        scale = self.gamma if graft > student else (1.0 / self.gamma if graft < student else 1.0)
+        local = at_logits.sum()
+        routed = local + (ddp.all_reduce_sums([local.detach()])[0].to(local.dtype) - local.detach())
+        hinge = torch.clamp(ddp.global_rows(rows) / 2.0 - routed, min=0.0)
+        return ce_graft * scale + hinge.detach() + w * (hinge - hinge.detach())
 
     # -- the step ------------------------------------------------------------------------------------
     def train_step(self, batch: Batch, ctx: DistillContext, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
@@ -219,7 +241,7 @@ class SAKDStrategy(Strategy):
         """SGD step of policy + adapters on L_P, at ``policy_lr_ratio`` x the student's current lr."""
         params = [p for group in self.policy_optimizer.param_groups for p in group["params"]]
         self.policy_optimizer.zero_grad(set_to_none=True)
-        if self.ctx.skip_nonfinite and not bool(torch.isfinite(loss.detach())):
+        if self.ctx.skip_nonfinite and not ddp.all_finite(loss):  # one decision for every rank
             return
         loss.backward(inputs=params)
         lr = float(optimizer.param_groups[0]["lr"]) * float(self.opts["policy_lr_ratio"])
@@ -234,9 +256,11 @@ class SAKDStrategy(Strategy):
 
     def epoch_metrics(self) -> dict[str, Any]:
         """Fraction of the epoch's samples distilled at each spot (then the counters restart)."""
-        if self._samples == 0:
+        samples = torch.tensor(float(self._samples), device=self._routed.device)
+        *routed, total = [float(v) for v in ddp.all_reduce_sums([*self._routed.unbind(), samples])]  # the job's
+        if total == 0:
             return {}
-        fractions = (self._routed / self._samples).tolist()
+        fractions = [r / total for r in routed]
         self._routed.zero_()
         self._samples = 0
         return {ROUTE_PREFIX + name: round(f, 6) for name, f in zip(self.spot_names, fractions)}
