@@ -77,9 +77,9 @@ def test_expansion_names_seeds_and_merged_configs(project):
     out = (project / "results" / "demo" / "runs").resolve()
     assert sweep.name == "demo" and sweep.output_dir == out
     names = [r.name for r in sweep.runs]
-    assert names == ["demo-scratch-standard-s0", "demo-scratch-standard-s1", "demo-scratch-other-s0",
-                     "demo-scratch-other-s1", "demo-kd-standard-s0", "demo-kd-standard-s1",
-                     "demo-at-standard-s0", "demo-at-standard-s1"]
+    assert names == ["demo-scratch-standard-s0", "demo-scratch-other-s0", "demo-kd-standard-s0",
+                     "demo-at-standard-s0", "demo-scratch-standard-s1", "demo-scratch-other-s1",
+                     "demo-kd-standard-s1", "demo-at-standard-s1"]  # seed-major
     by_name = {r.name: r for r in sweep.runs}
     kd = by_name["demo-kd-standard-s1"]
     assert kd.labels == {"method": "kd", "strategy": "standard"} and kd.seed == 1

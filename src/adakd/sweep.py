@@ -19,7 +19,8 @@ A sweep file::
 
 Each run is ``base`` <- the fragments, axis by axis (deep-merged; a fragment's own ``base:`` file is
 merged first) <- ``overrides`` <- seed, name and run directory. Its name is
-``<sweep>-<label>-...-s<seed>``. Relative paths in the sweep file (``base``, ``output_dir``, a
+``<sweep>-<label>-...-s<seed>``. Runs go seed by seed (every cell of the grid with the first seed, then the
+next), so a sweep stopped early has complete seeds. Relative paths in the sweep file (``base``, ``output_dir``, a
 fragment's ``base``, ``teacher.recipe``/``checkpoint``, ``data.root``) resolve against the sweep file;
 ``{axis}`` in a fragment's ``base`` is replaced by that axis' label of the run (e.g.
 ``../configs/cifar100/{method}/{pair}.yaml``).
@@ -202,6 +203,8 @@ def load_sweep(path: str | os.PathLike[str]) -> Sweep:
             sweep.runs.append(run)
     if not sweep.runs:
         raise ConfigError(f"{path}: the sweep expands to no run (check `grid` and `exclude`).")
+    seeds = list(spec.get("seeds", [0]))
+    sweep.runs.sort(key=lambda r: seeds.index(r.seed))  # seed-major: a stopped sweep has whole seeds done
     return sweep
 
 
