@@ -252,6 +252,7 @@ def test_report_statistics_gains_and_published(tmp_path):
     sakd = rows[("kd", "sakd")]
     assert sakd.gain_standard == pytest.approx((hand(sakd_best)[0] - hand(kd_best)[0],
                                                 hand(sakd_last)[0] - hand(kd_last)[0]))
+    assert sakd.time_vs_standard == pytest.approx(130 / 101) and kd.time_vs_standard is None
     assert sakd.published is None  # no published SAKD numbers for this pair
     scratch = rows[("scratch", "standard")]
     assert scratch.gain_scratch is None and scratch.published.top1 == 69.06

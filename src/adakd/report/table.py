@@ -86,6 +86,7 @@ class Row:
     teacher_top1: Stats
     gain_scratch: tuple[float, float] | None = None  # (best, last)
     gain_standard: tuple[float, float] | None = None
+    time_vs_standard: float | None = None  # mean train seconds / the standard strategy's
     published: Published | None = None
     runs: list[RunRecord] = field(default_factory=list)
 
@@ -205,6 +206,8 @@ def group(records: list[RunRecord]) -> list[Row]:
                         None)
             if base is not None:
                 row.gain_standard = (row.best.mean - base.best.mean, row.last.mean - base.last.mean)
+                if row.train_seconds.n and base.train_seconds.n and base.train_seconds.mean > 0:
+                    row.time_vs_standard = row.train_seconds.mean / base.train_seconds.mean
     rows.sort(key=_order)
     return rows
 
@@ -250,14 +253,16 @@ def _setting(row: Row) -> str:
 MD_NOTE = ("Top-1 (%) on the test split, mean ± sample std (n - 1) over seeds (no ± with one seed). "
            "**best** = best epoch (DKD's convention), **last** = last epoch (CRD's convention). "
            "Δ = difference of means, best / last: over `scratch` (same dataset and student) and over the "
-           "same method with the `standard` strategy. Published: the paper's number where dataset, pair and "
+           "same method with the `standard` strategy; time × = its mean training time over that of the standard "
+           "strategy (wall clock of the runs, as loaded as the machine was). Published: the paper's number where dataset, pair and "
            "method match (its source says which epoch).")
 
 
 def to_markdown(rows: list[Row], title: str | None = None, unfinished: int = 0) -> str:
     with_setting = any(r.setting for r in rows)
     head = ["dataset", "teacher", "student", "method", "strategy"] + (["setting"] if with_setting else []) + [
-        "n", "best top-1", "last top-1", "Δ vs scratch", "Δ vs standard", "train s", "published", "source"]
+        "n", "best top-1", "last top-1", "Δ vs scratch", "Δ vs standard", "train s", "time ×", "published",
+        "source"]
     lines = [f"# {title}", ""] if title else []
     lines += [MD_NOTE, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -266,6 +271,7 @@ def to_markdown(rows: list[Row], title: str | None = None, unfinished: int = 0) 
             cells.append(_setting(r))
         cells += [str(r.n), _pm(r.best), _pm(r.last), _gain(r.gain_scratch), _gain(r.gain_standard),
                   f"{r.train_seconds.mean:.0f}" if r.train_seconds.n else "-",
+                  f"{r.time_vs_standard:.2f}" if r.time_vs_standard is not None else "",
                   f"{r.published.top1:.2f}" if r.published else "", r.published.source if r.published else ""]
         lines.append("| " + " | ".join(cells) + " |")
     if unfinished:
@@ -276,7 +282,7 @@ def to_markdown(rows: list[Row], title: str | None = None, unfinished: int = 0) 
 CSV_COLUMNS = ["dataset", "teacher", "student", "method", "strategy", "strategy_name", "setting", "n", "seeds",
                "best_top1_mean", "best_top1_std", "last_top1_mean", "last_top1_std", "teacher_top1_mean",
                "train_seconds_mean", "gain_vs_scratch_best", "gain_vs_scratch_last", "gain_vs_standard_best",
-               "gain_vs_standard_last", "published_top1", "published_source"]
+               "gain_vs_standard_last", "time_vs_standard", "published_top1", "published_source"]
 
 
 def _cell(x: float | None) -> str:
@@ -294,7 +300,7 @@ def to_csv(rows: list[Row]) -> str:
             _cell(r.last.std), _cell(r.teacher_top1.mean if r.teacher_top1.n else None), _cell(r.train_seconds.mean),
             _cell(r.gain_scratch[0] if r.gain_scratch else None), _cell(r.gain_scratch[1] if r.gain_scratch else None),
             _cell(r.gain_standard[0] if r.gain_standard else None),
-            _cell(r.gain_standard[1] if r.gain_standard else None),
+            _cell(r.gain_standard[1] if r.gain_standard else None), _cell(r.time_vs_standard),
             _cell(r.published.top1 if r.published else None), r.published.source if r.published else "",
         ])
     return out.getvalue()
