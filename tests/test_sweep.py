@@ -203,12 +203,13 @@ def test_cli_sweep_dry_run_lists_runs(project, capsys):
 # ------------------------------------------------------------------ report
 def fake_run(root: Path, name: str, *, best: float, last: float, seconds: float, seed: int, teacher: str | None,
              student: str, losses: list[str], strategy: str = "standard", dataset: str = "fashion_mnist",
-             labels: dict | None = None, teacher_top1: float | None = None) -> None:
+             labels: dict | None = None, teacher_top1: float | None = None, extra: dict | None = None) -> None:
     d = root / name
     d.mkdir(parents=True)
     (d / "summary.json").write_text(json.dumps({
         "name": name, "student": student, "teacher": teacher, "losses": losses, "strategy": strategy,
-        "seed": seed, "best_top1": best, "last_top1": last, "train_seconds": seconds, "teacher_top1": teacher_top1}))
+        "seed": seed, "best_top1": best, "last_top1": last, "train_seconds": seconds, "teacher_top1": teacher_top1,
+        **(extra or {})}))
     (d / "config.yaml").write_text(yaml.safe_dump({"data": {"name": dataset}}))
     if labels is not None:
         (d / "sweep.json").write_text(json.dumps({"sweep": "x", "run": name, "labels": labels, "seed": seed}))
@@ -309,3 +310,23 @@ def test_published_lookup():
     assert lookup("fashion_mnist", "resnet56", "resnet20", "kd") is None
     assert lookup("cifar100", "resnet56", "resnet20", "crd_kd") is None
     assert len(PAIRS) == 13
+
+
+def test_report_sections_for_abl_gammas_and_sakd_routing(tmp_path):
+    root = tmp_path / "runs"
+    shares = [[0.70, 0.40], [0.60, 0.50]]  # teacher share per block, two seeds
+    for i, g2 in enumerate(shares):
+        fake_run(root, f"abl-s{i}", best=80, last=80, seconds=10, seed=i, teacher="resnet20", student="resnet8",
+                 losses=["kd"], strategy="abl", labels={"method": "kd", "strategy": "abl"},
+                 extra={"abl_gammas": [[1 - g, g] for g in g2], "abl_gamma_source": "search",
+                        "abl_head_top1": [50.0 + i, 60.0, 80.0]})
+        fake_run(root, f"sakd-s{i}", best=80, last=80, seconds=10, seed=i, teacher="resnet20", student="resnet8",
+                 losses=["at"], strategy="sakd", labels={"method": "at", "strategy": "sakd"},
+                 extra={"sakd_spots": ["stage1", "logits"], "sakd_routing": {"overall": [0.2 + 0.2 * i, 1.0]}})
+    markdown, _ = build_report(root, tmp_path / "out")
+    abl_line = next(line for line in markdown.splitlines() if line.startswith("| kd / abl"))
+    first, second = hand([0.70, 0.60]), hand([0.40, 0.50])
+    assert f"{first[0]:.3f} ± {first[1]:.3f}, {second[0]:.3f} ± {second[1]:.3f}" in abl_line
+    assert "| 2 | search |" in abl_line and f"{hand([50.0, 51.0])[0]:.2f}" in abl_line
+    sakd_line = next(line for line in markdown.splitlines() if line.startswith("| at / sakd"))
+    assert f"stage1 {hand([0.2, 0.4])[0]:.2f} ± {hand([0.2, 0.4])[1]:.2f}" in sakd_line and "logits 1.00 ± 0.00" in sakd_line

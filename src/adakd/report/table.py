@@ -317,7 +317,9 @@ def build_report(target: str | os.PathLike[str], out: str | os.PathLike[str] | N
                           f"(adakd sweep SWEEP.yaml), or point at the folder holding the run directories.")
     rows = group(records)
     title = Path(target).stem if Path(target).is_file() else root.name
-    markdown = to_markdown(rows, title=f"Results: {title}", unfinished=len(unfinished))
+    from .adaptive import adaptive_sections  # it builds on this module's rows
+
+    markdown = to_markdown(rows, title=f"Results: {title}", unfinished=len(unfinished)) + adaptive_sections(rows)
     out_dir = Path(out) if out else (root.parent if Path(target).is_file() else root)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = [out_dir / "results.md", out_dir / "results.csv"]
