@@ -2,6 +2,9 @@
 
     adakd sweep sweeps/fmnist_methods.yaml [--parallel N] [--dry-run]
 
+``--parallel N`` runs N at once with cores / N threads each: worth it on many cores or one GPU per
+run; on 2 CPU cores two 1-thread ResNet-8 runs took 72 s per run against 54 s one at a time.
+
 A sweep file::
 
     name: fmnist-methods
