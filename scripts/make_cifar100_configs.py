@@ -53,7 +53,7 @@ METHODS: dict[str, tuple[float, dict[str, dict[str, Any]], str]] = {
              "AEKT (methods.md reconstruction): DKD (per-pair beta) + adaptive target-confidence loss"),
     "dist": (1.0, {"dist": {"weight": 1.0, "beta": 2.0, "gamma": 2.0, "temperature": 4.0}},
              "DIST, its CIFAR-100 setting: T = 4, beta = gamma = 2"),
-    "ls": (0.1, {"ls": {"weight": 0.9, "temperature": 2.0}}, "KD on z-score standardised logits: CE 0.1 + 0.9, T = 2"),
+    "ls": (0.1, {"ls": {"weight": 9.0, "temperature": 2.0}}, "KD on z-score standardised logits: CE 0.1 + 9 (the paper code's kd-weight), T = 2"),
     "fitnet": (1.0, {"fitnet": {"weight": 100.0}}, "FitNet 100, hint on the middle (2nd) stage"),
     "at": (1.0, {"at": {"weight": 1000.0, "p": 2.0}}, "AT 1000, p = 2"),
     "sp": (1.0, {"sp": {"weight": 3000.0}}, "SP 3000"),

@@ -133,6 +133,12 @@ def test_kd_default_weight_scales():
     assert loss["kd"].item() == pytest.approx(0.9 * np_kd(s, t, 4.0), rel=1e-5)
 
 
+def test_ls_default_weight_is_the_papers():
+    s, t, y = data(2)
+    loss = LogitStandardizedKD(shapes(), shapes())(feats(to32(s)), feats(to32(t)), ctx_for(y))
+    assert loss["ls"].item() == pytest.approx(9.0 * np_kd(np_zscore(s), np_zscore(t), 2.0), rel=1e-5)
+
+
 def test_ls_golden():
     s, t, y = data(3)
     s = s * 5 + 2  # standardisation must remove scale and shift
