@@ -330,3 +330,14 @@ def test_report_sections_for_abl_gammas_and_sakd_routing(tmp_path):
     assert "| 2 | search |" in abl_line and f"{hand([50.0, 51.0])[0]:.2f}" in abl_line
     sakd_line = next(line for line in markdown.splitlines() if line.startswith("| at / sakd"))
     assert f"stage1 {hand([0.2, 0.4])[0]:.2f} ± {hand([0.2, 0.4])[1]:.2f}" in sakd_line and "logits 1.00 ± 0.00" in sakd_line
+
+
+def test_gain_over_standard_prefers_the_standard_label(tmp_path):
+    """Another standard-strategy row of the same method (e.g. SAKD's +KD baseline) is not the reference."""
+    root = tmp_path / "runs"
+    for label, best in (("standard_kd", 90.0), ("standard", 80.0), ("sakd", 85.0)):
+        fake_run(root, f"at-{label}", best=best, last=best, seconds=10, seed=0, teacher="resnet20", student="resnet8",
+                 losses=["at"], strategy="sakd" if label == "sakd" else "standard",
+                 labels={"method": "at", "strategy": label})
+    rows = {r.strategy: r for r in group(collect(root)[0])}
+    assert rows["sakd"].gain_standard == pytest.approx((5.0, 5.0))

@@ -201,9 +201,9 @@ def group(records: list[RunRecord]) -> list[Row]:
         if scratch is not None and row is not scratch:
             row.gain_scratch = (row.best.mean - scratch.best.mean, row.last.mean - scratch.last.mean)
         if row.strategy_name != STANDARD and row.method != SCRATCH:
-            base = next((o for o in rows if o.strategy_name == STANDARD and (o.dataset, o.teacher, o.student,
-                         o.method, o.setting) == (row.dataset, row.teacher, row.student, row.method, row.setting)),
-                        None)
+            same = [o for o in rows if o.strategy_name == STANDARD and (o.dataset, o.teacher, o.student, o.method,
+                    o.setting) == (row.dataset, row.teacher, row.student, row.method, row.setting)]
+            base = min(same, key=lambda o: o.strategy != STANDARD, default=None)  # the `standard` label first
             if base is not None:
                 row.gain_standard = (row.best.mean - base.best.mean, row.last.mean - base.last.mean)
                 if row.train_seconds.n and base.train_seconds.n and base.train_seconds.mean > 0:
