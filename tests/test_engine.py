@@ -146,3 +146,27 @@ def test_unwritable_run_dir(tmp_path, fmnist_root):
     blocker.write_text("x")
     with pytest.raises(AdakdError, match="cannot write"):
         run(tmp_path, fmnist_root, run_dir=str(blocker / "sub"))
+
+
+def test_a_run_directory_is_held_by_one_process(tmp_path):
+    """A second process on a run directory in use is refused with one message; the lock goes with the holder."""
+    import subprocess
+    import sys
+
+    from adakd.engine.run_dir import RunDirLock
+    from adakd.errors import AdakdError
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from adakd.engine.run_dir import RunDirLock; "
+        f"held = RunDirLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(AdakdError, match=f"in use by another adakd process \\(pid {holder.pid}\\)"):
+            RunDirLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = RunDirLock(tmp_path).acquire()  # a killed holder leaves no stale lock
+    lock.release()
+    RunDirLock(tmp_path).acquire().release()  # and a released one can be taken again

@@ -262,7 +262,7 @@ def test_bad_checkpoints_and_full_disk_via_subprocess(tmp_path, fmnist_root, ref
     shutil.copytree(ref_dir, run)
     last = run / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[:3000])
-    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "config.yaml"}
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name not in ("config.yaml", ".lock")}
     kd = tiny(fmnist_root, tmp_path / "teacher-run")
     kd.update(teacher={"name": "resnet8", "checkpoint": str(ref_dir / "checkpoints" / "student.pt")},
               losses={"kd": {}})  # the widths-8/16/16 student as the teacher of a default resnet8

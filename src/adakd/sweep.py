@@ -278,7 +278,7 @@ def run_sweep(sweep: Sweep, parallel: int = 1, log: Callable[[str], None] | None
     """Run every unfinished run of ``sweep``, ``parallel`` at a time; return one outcome per run.
 
     ``command`` is the trainer invocation before the config path (default ``python -m adakd train``).
-    Ctrl-C / SIGTERM stop the running children (they save a checkpoint) and end the sweep; running it
+    Ctrl-C / SIGINT / SIGTERM stop the running children (they save a checkpoint) and end the sweep; running it
     again resumes them.
     """
     log = log or (lambda msg: print(msg, flush=True))
@@ -324,11 +324,13 @@ def run_sweep(sweep: Sweep, parallel: int = 1, log: Callable[[str], None] | None
             progress.line(i, "FAILED", run.name, f"exit {rc}: {_last_error(run.run_dir / RUN_LOG)} "
                                                  f"(log: {run.run_dir / RUN_LOG})")
 
-    previous = signal.getsignal(signal.SIGTERM)
+    # SIGINT too: a sweep started in the background (`adakd sweep ... &`) inherits SIGINT ignored
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        for sig in previous:
+            signal.signal(sig, signal.default_int_handler)
     except ValueError:  # not the main thread
-        previous = None
+        previous = {}
     try:
         while pending or running:
             while pending and len(running) < parallel:
@@ -353,8 +355,8 @@ def run_sweep(sweep: Sweep, parallel: int = 1, log: Callable[[str], None] | None
         running.clear()
         raise
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return [outcomes[i] for i in sorted(outcomes)]
 
 

@@ -6,9 +6,11 @@
       summary.json         best/last top-1, epochs, train seconds, images/s, ...
       train.log            the log
       checkpoints/last.pt  full training state (resume); best.pt (best student); student.pt (final student weights)
+      .lock                held (flock) by the process training in it: a second one is refused
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -28,6 +30,41 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
+
+
+class RunDirLock:
+    """Exclusive hold of a run directory by the process that trains in it (``flock`` on ``RUN_DIR/.lock``).
+
+    Two processes writing one run directory (a sweep started twice, ``--resume`` in two shells) would
+    interleave checkpoints and records; the second one gets an error instead. The operating system
+    drops the lock when the process ends, however it ends, so a killed run never leaves it stale."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path) / ".lock"
+        self._handle: Any = None
+
+    def acquire(self) -> "RunDirLock":
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            handle.close()
+            raise AdakdError(f"run directory {self.path.parent} is in use by another adakd process (pid {holder}): "
+                             "wait for it to end or stop it, or choose another run_dir.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
 
 
 class RunDir:

@@ -35,7 +35,7 @@ from . import distributed as ddp
 from .evaluate import evaluate
 from .fast import compile_models, prefer_fused
 from .optim import StepSchedule, build_optimizer, parameters_of
-from .run_dir import RunDir
+from .run_dir import RunDir, RunDirLock
 from .seeding import rng_state, seed_everything, set_rng_state
 from .teacher import load_teacher, teacher_checkpoint_path
 
@@ -214,6 +214,7 @@ class Trainer:
         """Rank 0: choose and create the run directory, write the resolved config; returns its path."""
         run_dir = self._choose_run_dir()
         run_dir.create()
+        self._lock = RunDirLock(run_dir.path).acquire()  # released when run() returns or raises
         run_dir.write_config(config_text)
         return str(run_dir.path)
 
@@ -290,6 +291,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any]:
+        """Train (or resume, or report a finished run); returns the summary."""
+        try:
+            return self._run()
+        finally:
+            if getattr(self, "_lock", None) is not None:
+                self._lock.release()
+
+    def _run(self) -> dict[str, Any]:
         self.setup()
         cfg = self.cfg
         self.best: dict[str, Any] = {"top1": -1.0, "epoch": 0}
