@@ -11,19 +11,14 @@ Each cell is mean ± sample std over the row's seeds (as the main table).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from .table import Row, Stats
+from .table import Row, Stats, _read_json
 
 
 def _summary(run_dir: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return _read_json(run_dir / "summary.json")
 
 
 def _columns(vectors: Sequence[Sequence[float]]) -> list[Stats]:

@@ -204,13 +204,15 @@ class SAKDStrategy(Strategy):
         """L_P of the job's batch under torchrun: its value is the 1-process L_P of the global batch, and the
         ranks' averaged gradient is that L_P's gradient. The scale compares the job's mean CEs; the hinge
         max(0, G/2 - sum of a over all G samples) enters with weight W, as the ranks' gradients are averaged."""
-        means = ddp.all_reduce_sums([ce_graft.detach(), ce_student.detach()])
         w = ddp.world_size()
-        graft, student = (float(m) / w for m in means)
-        scale = self.gamma if graft > student else (1.0 / self.gamma if graft < student else 1.0)
         local = at_logits.sum()
-        routed = local + (ddp.all_reduce_sums([local.detach()])[0].to(local.dtype) - local.detach())
-        hinge = torch.clamp(ddp.global_rows(rows) / 2.0 - routed, min=0.0)
+        count = torch.tensor(float(rows), device=local.device)
+        graft, student, job_routed, job_rows = ddp.all_reduce_sums(  # one all-reduce for the job's statistics
+            [ce_graft.detach(), ce_student.detach(), local.detach(), count])
+        graft, student = float(graft) / w, float(student) / w
+        scale = self.gamma if graft > student else (1.0 / self.gamma if graft < student else 1.0)
+        routed = local + (job_routed.to(local.dtype) - local.detach())
+        hinge = torch.clamp(float(job_rows) / 2.0 - routed, min=0.0)
         return ce_graft * scale + hinge.detach() + w * (hinge - hinge.detach())
 
     # -- the step ------------------------------------------------------------------------------------
