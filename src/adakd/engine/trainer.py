@@ -132,6 +132,7 @@ class Trainer:
         self.cfg = cfg
         self._print = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self._distributed = distributed  # False: a 1-process run even inside a torchrun job (teacher recipes)
+        self._lock: RunDirLock | None = None  # rank 0's hold of the run directory while run() works
 
     # ------------------------------------------------------------------ setup
     def _log(self, msg: str) -> None:
@@ -295,7 +296,7 @@ class Trainer:
         try:
             return self._run()
         finally:
-            if getattr(self, "_lock", None) is not None:
+            if self._lock is not None:
                 self._lock.release()
 
     def _run(self) -> dict[str, Any]:
