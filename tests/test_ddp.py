@@ -229,3 +229,9 @@ def test_helpers_are_no_ops_in_one_process():
     assert ddp.all_finite(torch.tensor(1.0)) and not ddp.all_finite(torch.tensor(float("nan")))
     assert ddp.agree_min(None) is None and ddp.agree_any(True)
     assert ddp.run_on_main(lambda: 7) == 7
+
+
+@pytest.mark.parametrize("value,expected", [("1", False), ("2", True), (" 4", True), ("x", False), ("", False)])
+def test_launched_by_torchrun_reads_world_size_without_raising(value, expected, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", value)
+    assert ddp.launched_by_torchrun() is expected

@@ -263,8 +263,9 @@ def entry(argv: Any = None) -> None:
     ("terminate called without an active exception", SIGABRT; seen once in CI on a finished run), which
     torchrun reports as a failed job although every file was written."""
     code = main(argv)
-    world = os.environ.get("WORLD_SIZE", "1")
-    if world.isdigit() and int(world) > 1:
+    from .engine.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -83,6 +83,12 @@ def _env_world_size() -> int:
         raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer; launch with torchrun.") from None
 
 
+def launched_by_torchrun() -> bool:
+    """True in a worker of a multi-process torchrun job (WORLD_SIZE > 1); never raises."""
+    world = os.environ.get("WORLD_SIZE", "1").strip()
+    return world.isdigit() and int(world) > 1
+
+
 def init_distributed(device: torch.device) -> DistInfo:
     """Join the job described by torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
 
@@ -535,7 +541,7 @@ def all_reduce_sums(values: list[Tensor]) -> list[Tensor]:
 
 
 __all__ = [
-    "DistInfo", "SINGLE", "init_distributed", "shutdown_distributed", "current", "is_main", "rank", "world_size",
+    "DistInfo", "SINGLE", "launched_by_torchrun", "init_distributed", "shutdown_distributed", "current", "is_main", "rank", "world_size",
     "local_only", "rank_device", "barrier", "broadcast_object", "run_on_main", "agree_any", "agree_min",
     "all_finite", "all_reduce_mean", "all_gather_rows", "broadcast_module", "all_reduce_grads", "all_reduce_mean_",
     "global_rows", "rank_share", "sync_gradients",
