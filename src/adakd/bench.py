@@ -118,6 +118,8 @@ SUITES: dict[str, list[BenchCase]] = {
         BenchCase("sakd(kd)", strategy="sakd", baseline="kd"),
         BenchCase("abl(kd) search", strategy="abl", options={"warm_start_steps": 0}, phase="search", baseline="kd"),
         BenchCase("abl(kd) retrain", strategy="abl", options={"warm_start_steps": 0}, phase="train", baseline="kd"),
+        BenchCase("abl(kd) retrain, aux1 heads", strategy="abl", options={"warm_start_steps": 0, "aux": "aux1"},
+                  phase="train", baseline="kd"),
         BenchCase("dkd", losses={"dkd": {}}),
         BenchCase("aekt", losses={"aekt": {}}, baseline="dkd"),
     ],
@@ -509,7 +511,8 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"  {name}: {p['precision']}, channels_last {p['channels_last']}, compile "
                      f"{p['compile_mode'] if p['compile'] else 'off'}, data {p['data']}, "
                      f"{'host sync every step' if p['sync_every_step'] else 'no per-step host sync'}")
-    header = f"{'case':<18} {'batch':>5} {'path':<6} {'images/s [q1, q3]':>24} {'step ms':>8} {'data img/s':>11} " \
+    width = max([18] + [len(r["case"]) for r in result["results"]])
+    header = f"{'case':<{width}} {'batch':>5} {'path':<6} {'images/s [q1, q3]':>24} {'step ms':>8} {'data img/s':>11} " \
              f"{'peak MB':>8} {'loss@1':>8}"
     lines += ["", header, "-" * len(header)]
     notes = []
@@ -521,7 +524,7 @@ def format_table(result: dict[str, Any]) -> str:
             ips = p["images_per_s"]
             rate = f"{ips['median']:.1f} [{ips['q1']:.1f}, {ips['q3']:.1f}]"
             peak = "-" if p["peak_mb"] is None else f"{p['peak_mb']:.0f}"
-            lines.append(f"{r['case']:<18} {r['batch_size']:>5} {name:<6} {rate:>24} {p['step_ms']:>8.1f} "
+            lines.append(f"{r['case']:<{width}} {r['batch_size']:>5} {name:<6} {rate:>24} {p['step_ms']:>8.1f} "
                          f"{p['data_images_per_s']:>11,.0f} {peak:>8} {p['first_step_loss']:>8.4f}")
         if "speedup" in r:
             notes.append(f"{r['case']} (batch {r['batch_size']}): fast/eager = {r['speedup']:.2f}x; first-step loss "
