@@ -84,9 +84,12 @@ def _env_world_size() -> int:
 
 
 def launched_by_torchrun() -> bool:
-    """True in a worker of a multi-process torchrun job (WORLD_SIZE > 1); never raises."""
-    world = os.environ.get("WORLD_SIZE", "1").strip()
-    return world.isdigit() and int(world) > 1
+    """True in a worker of a multi-process torchrun job (WORLD_SIZE > 1); never raises (a bad WORLD_SIZE,
+    which ``init_distributed`` reports, counts as not launched)."""
+    try:
+        return _env_world_size() > 1
+    except ConfigError:
+        return False
 
 
 def init_distributed(device: torch.device) -> DistInfo:
@@ -541,7 +544,8 @@ def all_reduce_sums(values: list[Tensor]) -> list[Tensor]:
 
 
 __all__ = [
-    "DistInfo", "SINGLE", "launched_by_torchrun", "init_distributed", "shutdown_distributed", "current", "is_main", "rank", "world_size",
+    "DistInfo", "SINGLE", "launched_by_torchrun", "init_distributed", "shutdown_distributed", "current", "is_main",
+    "rank", "world_size",
     "local_only", "rank_device", "barrier", "broadcast_object", "run_on_main", "agree_any", "agree_min",
     "all_finite", "all_reduce_mean", "all_gather_rows", "broadcast_module", "all_reduce_grads", "all_reduce_mean_",
     "global_rows", "rank_share", "sync_gradients",
