@@ -5,7 +5,11 @@
     python benchmarks/train_step.py --threads 1 2 --repeats 9 --out benchmarks/results
 
 Runs ``adakd bench`` (adakd.bench.run_bench) for each thread count given, prints its tables and
-writes one JSON per run into ``--out``. The two paths are timed window by window, interleaved, in
+writes one JSON per run into ``--out``. The KD table has the eager baseline, the fast path the
+training probe picks (engine/probe.py) and the fast path under every other precision x memory
+format (``--no-candidates``: the pick alone); the JSON records the CPU model and flags (AMX,
+AVX-512, AVX2), torch's CPU capability, threads and torch version. Unset ``ADAKD_PRECISION`` /
+``ADAKD_CHANNELS_LAST`` first: they replace the probe, here as in training. The two paths are timed window by window, interleaved, in
 one process, so background load hits both alike; the load average before and after is recorded
 with every result. For numbers to quote, use a quiet machine (load average well below the core
 count): on an oversubscribed machine 2 OpenMP threads stall each other and 1 thread is steadier.
@@ -30,17 +34,21 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", action="store_true", help="also compile the fast path (minutes on CPU)")
     parser.add_argument("--adaptive", action="store_true", help="also the adaptive-strategy overhead suite (fast path)")
+    parser.add_argument("--no-candidates", dest="candidates", action="store_false",
+                        help="time the probe's pick only, not every precision x memory format beside it")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for threads in args.threads:
         settings = BenchSettings(batch_sizes=args.batch_size, threads=threads or None, repeats=args.repeats,
-                                 warmup=args.warmup, device=args.device, compile=args.compile)
+                                 warmup=args.warmup, device=args.device, compile=args.compile,
+                                 candidates=args.candidates)
         result = run_bench(settings, SUITES["kd"], log=progress_log)
         print(format_table(result), "\n", flush=True)
         write_json(result, args.out / f"kd-{stamp}-t{threads}.json")
         if args.adaptive:
-            settings.paths = ("fast",)
+            settings.paths = ("fast",)  # the probe's pick, per case
+            settings.candidates = False
             settings.batch_sizes = [args.batch_size[0]]
             result = run_bench(settings, SUITES["adaptive"], log=progress_log)
             print(format_table(result), "\n", flush=True)

@@ -17,6 +17,7 @@ import torch
 from adakd.bench import BenchCase, BenchSettings, Rig, random_dataset, resolve_paths, run_bench
 from adakd.cli import main
 from adakd.config import validate
+from adakd.engine.device import cpu_info
 from adakd.engine.fast import compile_forward_features, prefer_fused, resolve_compile_mode, set_inductor_cache
 
 #: Tiny models, one CPU thread (two threads thrash on a shared, oversubscribed 2-core machine).
@@ -26,7 +27,9 @@ TINY = dict(teacher="resnet8", student="resnet8", teacher_kwargs={"widths": [8, 
 CPU = torch.device("cpu")
 
 
-def test_cli_bench_reports_the_json_fields(tmp_path, capsys):
+def test_cli_bench_reports_the_json_fields(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ADAKD_PRECISION", "fp32")  # no probe here (test_bench_times_every_candidate has one)
+    monkeypatch.delenv("ADAKD_CHANNELS_LAST", raising=False)
     out = tmp_path / "bench.json"
     threads = torch.get_num_threads()
     rc = main(["bench", "--teacher", "resnet8", "--student", "resnet8", "--teacher-kwargs", "{widths: [8, 8, 16]}",
@@ -39,13 +42,22 @@ def test_cli_bench_reports_the_json_fields(tmp_path, capsys):
     assert json.loads(out.read_text()) == printed
     for key in ("settings", "environment", "paths", "results"):
         assert key in printed
-    assert {"cpu", "torch_threads", "load_average", "torch"} <= set(printed["environment"])
+    env = printed["environment"]
+    assert {"cpu", "cpu_flags", "cpu_capability", "torch_threads", "load_average", "torch"} <= set(env)
+    assert env["cpu"] == cpu_info()["model"] and env["cpu"] and env["torch"] == torch.__version__
+    assert set(env["cpu_flags"]) >= {"amx_bf16", "avx512f", "avx512_bf16", "avx2"}
+    assert all(isinstance(v, bool) for v in env["cpu_flags"].values())
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert printed["paths"]["eager"]["precision"] == "fp32" and printed["paths"]["eager"]["sync_every_step"]
     assert printed["settings"]["student_kwargs"] == {"widths": [4, 8, 8]} and printed["environment"]["torch_threads"] == 1
     (record,) = printed["results"]
     assert record["case"] == "kd" and record["batch_size"] == 8 and record["phase"] == "train"
+    # $ADAKD_PRECISION=fp32: the fast path is fp32 NCHW without a probe; the other candidates beside it
+    assert record["fast_path"] == {"precision": "fp32", "channels_last": False, "source": "env", "probe_step_ms": {}}
+    assert set(record["paths"]) == {"eager", "fast", "fp32 CL", "bf16 NCHW", "bf16 CL"}
+    assert record["fastest_path"] in set(record["paths"]) - {"eager"}
     assert record["losses"] == {"kd": {"temperature": 2}}
-    for path in ("eager", "fast"):
+    for path in record["paths"]:
         p = record["paths"][path]
         ips = p["images_per_s"]
         assert 0 < ips["min"] <= ips["q1"] <= ips["median"] <= ips["q3"] <= ips["max"]
@@ -57,8 +69,45 @@ def test_cli_bench_reports_the_json_fields(tmp_path, capsys):
     assert record["first_step_loss_rel_diff"] < 3e-2  # the same first step on both paths (bf16 noise at most)
 
 
+def test_bench_times_every_candidate_beside_the_probes_pick(monkeypatch, capsys):
+    from adakd.bench import format_table
+    from adakd.engine import probe
+
+    monkeypatch.delenv("ADAKD_PRECISION", raising=False)
+    monkeypatch.delenv("ADAKD_CHANNELS_LAST", raising=False)
+    calls = []
+
+    def fake(build, options, **kw):  # the probe builds real rigs; its verdict: bf16 CL
+        step = build(options[-1])
+        step()
+        calls.append([c.label for c in options])
+        return {c: (0.5 if c.label == "bf16 CL" else 1.0) for c in options}
+
+    monkeypatch.setattr("adakd.bench.time_steps", fake)
+    settings = BenchSettings(**TINY, batch_sizes=[8], warmup=1, repeats=1, device="cpu")
+    result = run_bench(settings)
+    (record,) = result["results"]
+    assert calls == [["fp32 NCHW", "fp32 CL", "bf16 NCHW", "bf16 CL"]]  # the probe, never its cache
+    assert not probe.cache_dir().exists()
+    assert record["fast_path"]["precision"] == "bf16" and record["fast_path"]["channels_last"] is True
+    assert record["fast_path"]["probe_step_ms"] == {"fp32 NCHW": 1000, "fp32 CL": 1000, "bf16 NCHW": 1000, "bf16 CL": 500}
+    paths = record["paths"]
+    assert list(paths) == ["eager", "fast", "fp32 NCHW", "fp32 CL", "bf16 NCHW"]  # the pick is "fast", not twice
+    assert (paths["fast"]["precision"], paths["fast"]["channels_last"]) == ("bf16", True)
+    assert (paths["fp32 CL"]["precision"], paths["fp32 CL"]["channels_last"]) == ("fp32", True)
+    assert result["paths"]["fast"]["precision"] == "auto"
+    table = format_table(result)
+    assert cpu_info()["model"] in table.splitlines()[0] and "fp32 NCHW" in table
+    assert "fast = bf16 + channels_last (probe picked: fp32 NCHW 1000 ms" in table
+    settings.candidates = False
+    monkeypatch.setenv("ADAKD_PRECISION", "fp32")
+    (record,) = run_bench(settings)["results"]
+    assert list(record["paths"]) == ["eager", "fast"] and len(calls) == 1
+
+
 def test_unregistered_strategy_is_skipped_and_overhead_is_a_step_time_ratio():
-    settings = BenchSettings(**TINY, batch_sizes=[8], paths=("fast",), warmup=1, repeats=2, device="cpu")
+    settings = BenchSettings(**TINY, batch_sizes=[8], paths=("fast",), warmup=1, repeats=2, device="cpu",
+                             precision="fp32", channels_last=False, candidates=False)
     cases = [BenchCase("kd"), BenchCase("kd-again", baseline="kd"),
              BenchCase("later", strategy="not-written-yet", baseline="kd")]
     result = run_bench(settings, cases)

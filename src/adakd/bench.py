@@ -14,15 +14,23 @@ process from the same weights:
   collation, the default ``torch.optim.SGD``, and a host sync every step (``loss.item()`` and the
   accuracy, as its meters do);
 * **fast**, adakd's training path (:mod:`adakd.engine.fast`): the data set on the device with
-  batched augmentation (``DeviceLoader``), bf16 autocast and channels_last where resolved on,
-  optionally ``torch.compile``, foreach/fused SGD, no host sync inside a timing window.
+  batched augmentation (``DeviceLoader``), the precision and memory format training would take
+  (``auto``: the fast-path probe of :mod:`adakd.engine.probe`, run afresh on this case and batch,
+  never read from its cache; ``$ADAKD_PRECISION`` / ``$ADAKD_CHANNELS_LAST`` apply as in training),
+  optionally ``torch.compile``, foreach/fused SGD, no host sync inside a timing window;
+* with ``candidates`` (the default), the fast path also under every other precision x memory format
+  the probe weighs (paths ``fp32 NCHW``, ``fp32 CL``, ``bf16 NCHW``, ``bf16 CL``), so the table shows
+  whether the probe's short timing picked what the long one finds fastest.
 
-The paths are timed interleaved (window by window), so a shared machine's load hits both alike.
+The paths are timed interleaved (window by window), so a shared machine's load hits all alike.
 images/s = batch x steps / seconds of a window; reported: the median over windows with the
 quartiles and extremes; the data pipeline alone (images/s); the peak memory of a step (CUDA: peak
 allocated; CPU: growth of the resident set, Linux ``VmHWM``, approximate); the ratio fast/eager;
 and the first step's loss on both paths from the same weights and the same batch (the fast path
 must agree within bf16 noise). Strategies not registered in this build are skipped with a note.
+The environment records the CPU model, its AMX/AVX-512/AVX2 flags and torch's kernel level
+(``torch.backends.cpu.get_cpu_capability()``), threads and torch version: bf16 is 3x faster than
+fp32 on one CPU (AMX) and slower on another, so a number is only meaningful with its machine.
 """
 from __future__ import annotations
 
@@ -36,7 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -48,9 +56,10 @@ from . import losses as _losses  # noqa: F401  (registers the distillers)
 from . import strategies as _strategies  # noqa: F401  (registers the strategies)
 from .config import OptimizerConfig
 from .data import Batch, DeviceLoader
-from .engine.device import resolve_channels_last, resolve_device, resolve_precision
+from .engine.device import cpu_info, resolve_device
 from .engine.fast import compile_models, prefer_fused
 from .engine.optim import build_optimizer, parameters_of
+from .engine.probe import Candidate, FastPath, StepBuilder, candidates, format_ms, resolve_fast_path, time_steps
 from .errors import AdakdError, ConfigError
 from .losses.base import DistillContext
 from .losses.build import build_distiller
@@ -92,9 +101,11 @@ class BenchSettings:
     batch_sizes: list[int] = field(default_factory=lambda: [64])
     device: str = "auto"
     paths: tuple[str, ...] = PATHS
-    #: The fast path's switches (resolved as in training: auto = on where the hardware is fast at it).
+    #: The fast path's switches (resolved as in training: auto = the fast-path probe's pick per case and batch).
     precision: str = "auto"
     channels_last: bool | str = "auto"
+    #: Also time the fast path under every other candidate precision x memory format the probe weighs.
+    candidates: bool = True
     compile: bool = False
     compile_mode: str = "auto"
     compile_cache_dir: str | None = None
@@ -189,8 +200,8 @@ class PathSpec:
     """How one path trains: numerics, memory format, compile, data pipeline, host syncs."""
 
     name: str
-    precision: str
-    channels_last: bool
+    precision: str  # "auto" in the settings' spec: the probe's pick, per case and batch
+    channels_last: bool | str
     compile: bool
     compile_mode: str
     data: str  # "per-sample-cpu" | "device"
@@ -199,17 +210,49 @@ class PathSpec:
 
 
 def resolve_paths(settings: BenchSettings, device: torch.device) -> dict[str, PathSpec]:
-    precision = resolve_precision(settings.precision, device)
-    channels_last = resolve_channels_last(settings.channels_last, precision)
+    """The eager and fast paths of the settings; the fast path's ``auto`` switches stay ``auto`` until
+    :func:`case_paths` probes them on a case's models."""
+    if settings.precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"bench precision {settings.precision!r}: use auto, fp32 or bf16.")
     specs = {
         "eager": PathSpec("eager", "fp32", False, False, "-", "per-sample-cpu", True, "torch-default"),
-        "fast": PathSpec("fast", precision, channels_last, settings.compile,
+        "fast": PathSpec("fast", settings.precision, settings.channels_last, settings.compile,
                          settings.compile_mode if settings.compile else "-", "device", False, "foreach/fused"),
     }
     unknown = [p for p in settings.paths if p not in specs]
     if unknown:
         raise ConfigError(f"unknown bench path(s) {unknown}: use {', '.join(PATHS)}.")
     return {p: specs[p] for p in settings.paths}
+
+
+def rig_step_builder(case: BenchCase, settings: BenchSettings, batch_size: int, device: torch.device,
+                     data: tuple[torch.Tensor, torch.Tensor], base: PathSpec) -> StepBuilder:
+    """The probe's step for a bench case: one step of a :class:`Rig` of ``base`` under the candidate."""
+    def build(c: Candidate) -> Callable[[], None]:
+        spec = replace(base, precision=c.precision, channels_last=c.channels_last, compile=False)  # eager: seconds
+        rig = Rig(case, settings, spec, batch_size, device, data)
+        return lambda: float(rig.step(next(rig.batches))["loss"])
+
+    return build
+
+
+def case_paths(case: BenchCase, settings: BenchSettings, batch_size: int, device: torch.device,
+               specs: dict[str, PathSpec], data: tuple[torch.Tensor, torch.Tensor]
+               ) -> tuple[dict[str, PathSpec], FastPath | None]:
+    """The paths of one case and batch: ``fast`` resolved (probed where ``auto``), then with
+    ``settings.candidates`` every other candidate the probe weighs, named by its label."""
+    fast = specs.get("fast")
+    if fast is None:
+        return specs, None
+    probe = resolve_fast_path(fast.precision, fast.channels_last, device, timer=lambda options: time_steps(
+        rig_step_builder(case, settings, batch_size, device, data, fast), options))  # no key: never cached
+    resolved = replace(fast, precision=probe.precision, channels_last=probe.channels_last)
+    out = {**specs, "fast": resolved}
+    if settings.candidates:
+        for c in candidates(settings.precision, settings.channels_last, device):
+            if (c.precision, c.channels_last) != (resolved.precision, resolved.channels_last):
+                out[c.label] = replace(resolved, name=c.label, precision=c.precision, channels_last=c.channels_last)
+    return out, probe
 
 
 def _sync(device: torch.device) -> None:
@@ -386,13 +429,9 @@ def _summary(rates: list[float]) -> dict[str, float]:
 
 def environment(device: torch.device) -> dict[str, Any]:
     """The machine and the load it was under (the numbers are only comparable on the same one)."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    env: dict[str, Any] = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    cpu = cpu_info()
+    env: dict[str, Any] = {"cpu": cpu["model"], "cpu_flags": cpu["flags"], "cpu_capability": cpu["capability"],
+                           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                            "torch": torch.__version__, "python": platform.python_version(), "device": str(device),
                            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     if device.type == "cuda":
@@ -415,6 +454,7 @@ def measure_case(case: BenchCase, settings: BenchSettings, batch_size: int, devi
     shape = (s.in_channels, s.image_size, s.image_size)
     data = random_dataset(max(s.dataset_size, 2 * batch_size), shape, s.num_classes, s.seed)
     try:
+        specs, probe = case_paths(case, s, batch_size, device, specs, data)
         rigs = {name: Rig(case, s, spec, batch_size, device, data) for name, spec in specs.items()}
     except AdakdError as exc:
         record["skipped"] = f"{type(exc).__name__}: {exc}"
@@ -448,6 +488,12 @@ def measure_case(case: BenchCase, settings: BenchSettings, batch_size: int, devi
         out["step_ms"] = 1000.0 * batch_size / out["images_per_s"]["median"]
         out["compute_bound"] = out["data_images_per_s"] > 2 * out["images_per_s"]["median"]
     record["paths"] = paths
+    if probe is not None:
+        record["fast_path"] = {"precision": probe.precision, "channels_last": probe.channels_last,
+                               "source": probe.source, "probe_step_ms": probe.timings_ms}
+    fast_like = [n for n in paths if n != "eager"]
+    if len(fast_like) > 1:
+        record["fastest_path"] = max(fast_like, key=lambda n: paths[n]["images_per_s"]["median"])
     if "eager" in paths and "fast" in paths:
         record["speedup"] = paths["fast"]["images_per_s"]["median"] / paths["eager"]["images_per_s"]["median"]
         a, b = paths["eager"]["first_step_loss"], paths["fast"]["first_step_loss"]
@@ -504,16 +550,19 @@ def format_table(result: dict[str, Any]) -> str:
     env = result["environment"]
     s = result["settings"]
     lines = [f"adakd bench: teacher {s['teacher']} -> student {s['student']}, {s['in_channels']}x{s['image_size']}x"
-             f"{s['image_size']} random data, {s['num_classes']} classes; {env['device']} ({env['cpu']}"
-             f"{', ' + env['gpu'] if 'gpu' in env else ''}), {env['torch_threads']} threads, load "
-             f"{env.get('load_average')} -> {env.get('load_average_after')}"]
+             f"{s['image_size']} random data, {s['num_classes']} classes; {env['device']} ({_cpu_text(env)}"
+             f"{', ' + env['gpu'] if 'gpu' in env else ''}), {env['torch_threads']} threads, torch {env['torch']}, "
+             f"load {env.get('load_average')} -> {env.get('load_average_after')}"]
     for name, p in result["paths"].items():
-        lines.append(f"  {name}: {p['precision']}, channels_last {p['channels_last']}, compile "
+        lines.append(f"  {name}: {_auto(p['precision'])}, channels_last {_auto(p['channels_last'])}, compile "
                      f"{p['compile_mode'] if p['compile'] else 'off'}, data {p['data']}, "
                      f"{'host sync every step' if p['sync_every_step'] else 'no per-step host sync'}")
+    if s.get("candidates") and "fast" in result["paths"]:
+        lines.append("  fp32/bf16 NCHW/CL: the fast path under each candidate precision x memory format")
     width = max([18] + [len(r["case"]) for r in result["results"]])
-    header = f"{'case':<{width}} {'batch':>5} {'path':<6} {'images/s [q1, q3]':>24} {'step ms':>8} {'data img/s':>11} " \
-             f"{'peak MB':>8} {'loss@1':>8}"
+    pw = max([6] + [len(n) for r in result["results"] for n in r.get("paths", {})])
+    header = f"{'case':<{width}} {'batch':>5} {'path':<{pw}} {'images/s [q1, q3]':>24} {'step ms':>8} " \
+             f"{'data img/s':>11} {'peak MB':>8} {'loss@1':>8}"
     lines += ["", header, "-" * len(header)]
     notes = []
     for r in result["results"]:
@@ -524,8 +573,15 @@ def format_table(result: dict[str, Any]) -> str:
             ips = p["images_per_s"]
             rate = f"{ips['median']:.1f} [{ips['q1']:.1f}, {ips['q3']:.1f}]"
             peak = "-" if p["peak_mb"] is None else f"{p['peak_mb']:.0f}"
-            lines.append(f"{r['case']:<{width}} {r['batch_size']:>5} {name:<6} {rate:>24} {p['step_ms']:>8.1f} "
+            lines.append(f"{r['case']:<{width}} {r['batch_size']:>5} {name:<{pw}} {rate:>24} {p['step_ms']:>8.1f} "
                          f"{p['data_images_per_s']:>11,.0f} {peak:>8} {p['first_step_loss']:>8.4f}")
+        if "fast_path" in r:
+            fp = r["fast_path"]
+            how = {"probe": "probe picked", "env": "$ADAKD_PRECISION set", "config": "set"}.get(fp["source"], fp["source"])
+            figures = ", ".join(f"{k} {format_ms(v)} ms" for k, v in fp["probe_step_ms"].items())
+            notes.append(f"{r['case']} (batch {r['batch_size']}): fast = {fp['precision']}"
+                         f"{' + channels_last' if fp['channels_last'] else ''} ({how}{': ' + figures if figures else ''})"
+                         + (f"; fastest here: {r['fastest_path']}" if "fastest_path" in r else ""))
         if "speedup" in r:
             notes.append(f"{r['case']} (batch {r['batch_size']}): fast/eager = {r['speedup']:.2f}x; first-step loss "
                          f"relative difference {r['first_step_loss_rel_diff']:.2e}")
@@ -533,6 +589,20 @@ def format_table(result: dict[str, Any]) -> str:
             notes.append(f"{r['case']} (batch {r['batch_size']}): step time vs {r['baseline']}: " + ", ".join(
                 f"{p} {v:.2f}x" for p, v in r["overhead"].items()))
     return "\n".join(lines + [""] + notes)
+
+
+def _cpu_text(env: dict[str, Any]) -> str:
+    """"AMD EPYC; AVX512, avx512_bf16, no AMX" (older JSON without flags: the model alone)."""
+    flags = env.get("cpu_flags")
+    if not flags:
+        return env["cpu"]
+    have = [f for f in ("avx512_bf16", "avx512f", "avx2") if flags.get(f)]
+    amx = "AMX bf16" if flags.get("amx_bf16") else "no AMX"
+    return f"{env['cpu']}; {env.get('cpu_capability')}, {', '.join(have + [amx])}"
+
+
+def _auto(value: Any) -> str:
+    return "auto (probed per case)" if value == "auto" else str(value)
 
 
 def write_json(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
@@ -581,7 +651,8 @@ def settings_from_cli(args: Any) -> tuple[BenchSettings, list[BenchCase]]:
         **kwargs, teacher=args.teacher, student=args.student, num_classes=args.num_classes, in_channels=args.in_channels,
         image_size=args.image_size, batch_sizes=list(args.batch_size), device=args.device, paths=tuple(args.paths),
         precision=args.precision, channels_last=channels_last, compile=args.compile, compile_mode=args.compile_mode,
-        warmup=args.warmup, repeats=args.repeats, window=args.window, threads=args.threads, seed=args.seed)
+        warmup=args.warmup, repeats=args.repeats, window=args.window, threads=args.threads, seed=args.seed,
+        candidates=getattr(args, "candidates", True))
     if args.suite:
         return settings, SUITES[args.suite]
     options = _yaml_arg(args.strategy_options, "--strategy-options") or {}

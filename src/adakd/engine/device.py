@@ -1,9 +1,13 @@
-"""Device, precision and memory-format decisions (device-agnostic: nothing here requires a GPU)."""
+"""Device, precision and memory-format facts (device-agnostic: nothing here requires a GPU).
+
+Which precision and memory format a run uses is measured, not read from a flag: engine/probe.py."""
 from __future__ import annotations
 
 import contextlib
 import functools
+import platform
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,34 +29,56 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+#: CPU flags worth recording beside a timing: what the fast-path candidates can use.
+CPU_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")
+
+
+def cpu_info() -> dict[str, Any]:
+    """The CPU's model name, the :data:`CPU_FLAGS` it has and torch's kernel level (e.g. ``AVX512``).
+
+    Recorded with every timing and in the fast-path probe's cache key: the same model can be 3x
+    faster in bf16 on one machine (AMX) and slower on another (no AMX), so a number without the
+    CPU it came from means nothing."""
+    model, flags = _cpuinfo()
+    return {"model": model, "flags": {f: f in flags for f in CPU_FLAGS},
+            "capability": torch.backends.cpu.get_cpu_capability()}
+
+
 @functools.lru_cache(maxsize=None)
+def _cpuinfo() -> tuple[str, frozenset[str]]:
+    """(model name, flags) of the first CPU in /proc/cpuinfo; the platform's processor string elsewhere."""
+    model, flags = "", frozenset()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = frozenset(value.split())
+    except OSError:
+        pass
+    return model or platform.processor() or platform.machine(), flags
+
+
 def cpu_has_amx_bf16() -> bool:
     """True when the CPU advertises AMX bf16 tiles (bf16 matmuls/convs much faster than fp32)."""
-    try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    return "amx_bf16" in _cpuinfo()[1]
 
 
-def bf16_is_fast(device: torch.device) -> bool:
+def device_model(device: torch.device) -> str:
+    """What the device is, for cache keys and reports: the GPU's name, or the CPU's model name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return _cpuinfo()[0] if device.type == "cpu" else device.type
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast runs on ``device`` at all (fast or not: the fast-path probe measures that).
+
+    CPU autocast runs bf16 everywhere (emulated without avx512_bf16/AMX); CUDA needs Ampere or later."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return cpu_has_amx_bf16()
-    return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 where the hardware runs it fast, else fp32."""
-    if precision == "auto":
-        return "bf16" if bf16_is_fast(device) else "fp32"
-    return precision
-
-
-def resolve_channels_last(channels_last: bool | str, precision: str) -> bool:
-    if channels_last == "auto":
-        return precision == "bf16"
-    return bool(channels_last)
+    return device.type == "cpu"
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

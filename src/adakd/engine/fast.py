@@ -9,9 +9,9 @@ piece                         where                                             
 ============================  ==========================================================  ==================
 data on the device, batched   ``data/loader.py`` DeviceLoader (gather + crop + flip +      always
 augmentation                  normalise per batch, no per-sample Python)
-bf16 autocast                 ``train.precision`` -> :func:`engine.device.autocast`         ``auto``: CUDA with
-                                                                                          bf16, CPU with AMX
-channels_last                 ``train.channels_last`` (models, distiller and batches)      ``auto``: with bf16
+bf16 autocast                 ``train.precision`` -> :func:`engine.device.autocast`         ``auto``: measured
+                                                                                          (engine/probe.py)
+channels_last                 ``train.channels_last`` (models, distiller and batches)      ``auto``: measured
 frozen teacher                eval mode, ``requires_grad=False``, forward under no_grad    always
                               (``Strategy.teacher_features``)
 torch.compile                 ``train.compile``: :func:`compile_models` compiles the       off (opt-in: minutes
@@ -24,6 +24,10 @@ no host sync per step         losses and accuracy summed on the device          
                               (``trainer.EpochAccumulator``); ``.item()`` only for the
                               progress bar (every 25 steps) and the NaN check (every 50)
 ============================  ==========================================================  ==================
+
+``auto`` precision and memory format are chosen per machine and setup by a probe of a few timed
+training steps (:mod:`engine.probe`), not from a CPU flag: bf16 pays off very differently on CPUs
+with AMX, with only avx512_bf16, and without either. Compile is not probed (its warm-up is minutes).
 
 Measured on the project's 2-core Sapphire Rapids CPU (AMX), KD resnet32x4 -> resnet8x4, batch 64
 (``adakd bench``; benchmarks/RESULTS.md): the fast path is 3.3-3.6x the eager fp32 NCHW step

@@ -30,10 +30,11 @@ from ..models.contract import ContractModel
 from ..registry import STRATEGIES
 from ..strategies import Phase, StrategyContext
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
-from .device import resolve_channels_last, resolve_device, resolve_precision
+from .device import resolve_device
 from . import distributed as ddp
 from .evaluate import evaluate
 from .fast import compile_models, prefer_fused
+from .probe import resolve_run_fast_path
 from .optim import StepSchedule, build_optimizer, parameters_of
 from .run_dir import RunDir, RunDirLock
 from .seeding import rng_state, seed_everything, set_rng_state
@@ -174,20 +175,29 @@ class Trainer:
         self.logger = self.run_dir.logger()
         seed_everything(cfg.seed, cfg.train.deterministic)
         self.device = ddp.rank_device(resolve_device(cfg.device), self.dist)
-        self.precision = resolve_precision(cfg.train.precision, self.device)
-        self.channels_last = resolve_channels_last(cfg.train.channels_last, self.precision)
-        self.data = build_data(cfg.data, self.device, seed=cfg.seed, channels_last=self.channels_last,
-                               rank=self.dist.rank, world_size=self.dist.world_size)
+        self.data = build_data(cfg.data, self.device, seed=cfg.seed, rank=self.dist.rank,
+                               world_size=self.dist.world_size)  # memory format set below, once chosen
         self.teacher: ContractModel | None = None
         self.teacher_top1: float | None = None
         if cfg.teacher is not None:
             ckpt = ddp.run_on_main(lambda: teacher_checkpoint_path(cfg.teacher, cfg, self._train_recipe, self._log))
-            self.teacher = self._prepare_model(load_teacher(cfg.teacher, self.data.info, self.device, ckpt))
+            self.teacher = load_teacher(cfg.teacher, self.data.info, self.device, ckpt)
+        torch.manual_seed(cfg.seed)  # the student's init does not depend on whether a teacher was evaluated
+        self.student = self.build_student().to(self.device)
+        # precision / channels_last "auto": timed on copies of these models (engine/probe.py), rank 0's choice for all
+        self.fast_path = ddp.run_on_main(lambda: resolve_run_fast_path(
+            cfg, self.device, self.student, self.teacher, self.data, self.steps_per_epoch))
+        self.precision, self.channels_last = self.fast_path.precision, self.fast_path.channels_last
+        self._log(self.fast_path.describe())
+        for loader in (self.data.train, self.data.val, self.data.test):
+            if loader is not None:
+                loader.channels_last = self.channels_last
+        if self.teacher is not None:
+            self._prepare_model(self.teacher)
             self.teacher_top1 = evaluate(self.teacher, self.data.test, self.device, self.precision,
                                          dist=self.dist)["top1"]
             self._log(f"teacher {cfg.teacher.name}: test top-1 {self.teacher_top1:.2f}%")
-        torch.manual_seed(cfg.seed)  # the student's init does not depend on whether a teacher was evaluated
-        self.student = self._prepare_model(self.build_student())
+        self._prepare_model(self.student)
         if cfg.train.sync_batchnorm and self.dist.active:
             ddp.convert_sync_batchnorm(self.student, self.device)
         ddp.broadcast_module(self.student)
@@ -495,6 +505,7 @@ class Trainer:
             "device": str(self.device),
             "precision": self.precision,
             "channels_last": self.channels_last,
+            "fast_path_probe": self.fast_path.record(),
         }
         if final:
             summary.update(self.strategy.end_of_training())

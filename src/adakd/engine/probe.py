@@ -1,0 +1,338 @@
+"""Which fast path a run takes, chosen by measuring it: ``train.precision`` / ``train.channels_last`` = auto.
+
+Why measure: bf16 autocast + channels_last is ~3.4x fp32 on a CPU with AMX bf16 tiles (Sapphire
+Rapids), but on a CPU without AMX bf16 is emulated or converted and can be slower than fp32, and
+which memory format wins depends on the models and the batch. No CPU flag predicts that, so a
+short probe times a few real training steps of each candidate and takes the fastest:
+
+* candidates: fp32 NCHW (the reference), fp32 channels_last, bf16 channels_last, bf16 NCHW; bf16
+  only where the device runs bf16 autocast at all (its accuracy: benchmarks/fast_path_accuracy.py),
+  and only the configured value of a setting that is not ``auto``;
+* what is timed: the strategy's own training step (teacher forward, student forward/backward, the
+  distiller, the optimiser step) on deep copies of the run's models, at the run's batch size, on a
+  synthetic batch of the run's image shape; candidates interleaved round by round, so a busy
+  machine slows them alike; the median per candidate;
+* the rule (:func:`choose`): the reference unless the fastest candidate beats it by more than
+  :data:`MARGIN`, then the most exact candidate within that margin of the fastest -- the probe never
+  picks a path slower than fp32 NCHW on that machine, nor bf16 for a gain within noise;
+* the cost: two warm-up steps and 2-30 timed steps per candidate, timed rounds stopping after
+  :data:`BUDGET_S` seconds (candidates far behind after the first round are dropped): about
+  2 + 4 x 4 steps for models whose step takes seconds, ~5 s for small ones; the result is cached
+  as JSON under ``$ADAKD_CACHE/fast_path/`` (default ``~/.cache/adakd``) per device model, torch
+  version, threads, models, losses, strategy, batch size and image shape, so it runs once per setup;
+* no side effects: the run's weights are never touched (copies) and every RNG is restored.
+
+Skipping it: ``ADAKD_PRECISION=fp32|bf16`` resolves ``precision: auto`` without a probe (then
+``channels_last: auto`` = ``ADAKD_CHANNELS_LAST`` if set, else on with bf16); ``ADAKD_CHANNELS_LAST=0|1``
+alone fixes the memory format and the probe times the precisions only. Values written in the config
+always win over the environment, and a config that names its precision never probes.
+
+``torch.compile`` is not a candidate: its warm-up (minutes of code generation on a CPU) cannot be
+measured in a probe of seconds; it stays opt-in (``train.compile``).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..errors import ConfigError
+from .device import bf16_supported, device_model
+from .seeding import rng_state, set_rng_state
+
+PRECISION_ENV = "ADAKD_PRECISION"
+CHANNELS_LAST_ENV = "ADAKD_CHANNELS_LAST"
+#: A candidate must beat the reference (the first: fp32 NCHW) by more than this to be chosen.
+MARGIN = 0.05
+#: Timed rounds stop after this many seconds (once MIN_ROUNDS are done); building and warm-up come before.
+BUDGET_S = 3.0
+WARMUP_STEPS, MIN_ROUNDS, MAX_ROUNDS = 2, 2, 30
+#: After the first timed round, candidates this much slower than the best stop being timed.
+DROP_FACTOR = 1.5
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One precision x memory format."""
+
+    precision: str  # "fp32" | "bf16"
+    channels_last: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.precision} {'CL' if self.channels_last else 'NCHW'}"
+
+    @property
+    def description(self) -> str:
+        return self.precision + (" + channels_last" if self.channels_last else "")
+
+
+#: Times one training step per call of each candidate's step: {candidate: seconds per step}.
+Timer = Callable[[list[Candidate]], dict[Candidate, float]]
+#: Builds one candidate's training step (on private copies of the models); the step blocks until done.
+StepBuilder = Callable[[Candidate], Callable[[], None]]
+
+
+@dataclass
+class FastPath:
+    """The resolved precision and memory format, and how they were decided."""
+
+    precision: str
+    channels_last: bool
+    #: "config" (explicit values), "env" (ADAKD_PRECISION), "probe" (timed now), "cache" (timed before).
+    source: str
+    #: ms per step of every candidate timed, reference first (probe and cache only).
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    cache_path: str | None = None
+
+    def describe(self) -> str:
+        """The log line, with the figures that chose the path."""
+        what = Candidate(self.precision, self.channels_last).description
+        if self.source == "config":
+            return f"fast path: {what} (set in the config)"
+        if self.source == "env":
+            return f"fast path: {what} (from ${PRECISION_ENV}, no probe)"
+        figures = ", ".join(f"{k} {format_ms(v)} ms" for k, v in self.timings_ms.items())
+        where = "probe cached in" if self.source == "probe" else "cached probe"
+        return f"fast path: {what} ({figures} per step; {where} {self.cache_path})"
+
+    def record(self) -> dict[str, Any] | None:
+        """What summary.json keeps of the probe (None when nothing was measured)."""
+        if not self.timings_ms:
+            return None
+        return {"choice": Candidate(self.precision, self.channels_last).label, "source": self.source,
+                "step_ms": dict(self.timings_ms), "cache": self.cache_path}
+
+
+def format_ms(ms: float) -> str:
+    """310 -> "310", 24.27 -> "24", 3.52 -> "3.5": enough digits to compare candidates."""
+    return f"{ms:.0f}" if ms >= 10 else f"{ms:.2g}"
+
+
+# ----------------------------------------------------------------------------- the rule
+
+def candidates(precision: str, channels_last: bool | str, device: torch.device) -> list[Candidate]:
+    """The candidates a setting leaves open, the reference (fp32, NCHW where open) first."""
+    precisions = ["fp32", "bf16"] if precision == "auto" else [precision]
+    if not bf16_supported(device):
+        precisions = [p for p in precisions if p != "bf16"] or ["fp32"]
+    layouts = [False, True] if channels_last == "auto" else [bool(channels_last)]
+    return [Candidate(p, c) for p in precisions for c in layouts]
+
+
+def choose(timings: dict[Candidate, float], margin: float = MARGIN) -> Candidate:
+    """The reference (the first candidate) unless the fastest beats it by more than ``margin``; then the
+    first candidate, in the given order of preference, within ``margin`` of the fastest.
+
+    Candidates come in order of preference (:func:`candidates`: fp32 before bf16, NCHW before
+    channels_last), so bf16 is taken only where it is clearly faster than exact fp32, not for noise."""
+    reference = next(iter(timings))
+    fastest = min(timings.values())
+    if fastest >= (1.0 - margin) * timings[reference]:
+        return reference
+    return next(c for c, t in timings.items() if t <= fastest * (1.0 + margin) and t < (1.0 - margin) * timings[reference])
+
+
+def env_override() -> tuple[str | None, bool | None]:
+    """(``$ADAKD_PRECISION``, ``$ADAKD_CHANNELS_LAST``), None where unset; a bad value is a ConfigError."""
+    precision = os.environ.get(PRECISION_ENV, "").strip().lower() or None
+    if precision not in (None, "fp32", "bf16"):
+        raise ConfigError(f"${PRECISION_ENV}={precision!r}: use fp32 or bf16 (or unset it to let the probe choose).")
+    raw = os.environ.get(CHANNELS_LAST_ENV, "").strip().lower()
+    layouts = {"": None, "0": False, "1": True, "false": False, "true": True}
+    if raw not in layouts:
+        raise ConfigError(f"${CHANNELS_LAST_ENV}={raw!r}: use 0 or 1 (or unset it to let the probe choose).")
+    return precision, layouts[raw]
+
+
+def resolve_fast_path(precision: str, channels_last: bool | str, device: torch.device, timer: Timer | None,
+                      key: dict[str, Any] | None = None, margin: float = MARGIN) -> FastPath:
+    """Resolve the ``auto`` settings: config value > environment > cached probe > probe now (``timer``).
+
+    ``key`` (JSON-able) names the setup the timings hold for; without it nothing is cached."""
+    env_precision, env_layout = env_override()
+    source = "config"
+    if channels_last == "auto" and env_layout is not None:
+        channels_last = env_layout
+    if precision == "auto" and env_precision is not None:
+        precision, source = env_precision, "env"
+    if precision != "auto":  # named (config or env): no probe; the memory format follows the bf16 rule
+        layout = precision == "bf16" if channels_last == "auto" else bool(channels_last)
+        return FastPath(precision, layout, source)
+    options = candidates(precision, channels_last, device)
+    if len(options) == 1:
+        return FastPath(options[0].precision, options[0].channels_last, "config")
+    path = cache_file({**key, "candidates": [c.label for c in options]}) if key is not None else None
+    timings, source = read_cache(path, options), "cache"
+    if timings is None:
+        if timer is None:
+            raise ValueError("resolve_fast_path needs a timer to probe")
+        timings, source = timer(options), "probe"
+        timings = {c: timings[c] for c in options if c in timings}  # reference first
+        if path is not None:
+            write_cache(path, {**key, "candidates": [c.label for c in options]}, timings)
+    pick = choose(timings, margin)
+    return FastPath(pick.precision, pick.channels_last, source,
+                    {c.label: round(1000.0 * s, 2) for c, s in timings.items()}, str(path) if path else None)
+
+
+# ----------------------------------------------------------------------------- cache
+
+def cache_dir() -> Path:
+    """``$ADAKD_CACHE/fast_path`` (default ``~/.cache/adakd/fast_path``), beside the teacher cache."""
+    return Path(os.environ.get("ADAKD_CACHE", Path.home() / ".cache" / "adakd")).expanduser() / "fast_path"
+
+
+def cache_file(key: dict[str, Any]) -> Path:
+    text = json.dumps(key, sort_keys=True, default=str)
+    return cache_dir() / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+
+
+def read_cache(path: Path | None, options: list[Candidate]) -> dict[Candidate, float] | None:
+    """The cached seconds per step of ``options``; None when absent, unreadable or not covering them."""
+    if path is None:
+        return None
+    try:
+        stored = json.loads(path.read_text())["seconds_per_step"]
+        return {c: float(stored[c.label]) for c in options}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_cache(path: Path, key: dict[str, Any], timings: dict[Candidate, float]) -> None:
+    """Write atomically; a cache that cannot be written only costs a probe next time."""
+    payload = {"key": json.loads(json.dumps(key, default=str)), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "seconds_per_step": {c.label: s for c, s in timings.items()}}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(payload, indent=2))
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
+# ----------------------------------------------------------------------------- timing
+
+def time_steps(build: StepBuilder, options: list[Candidate], budget_s: float = BUDGET_S,
+               clock: Callable[[], float] = time.perf_counter) -> dict[Candidate, float]:
+    """Median seconds per step of each candidate: build all, :data:`WARMUP_STEPS` each, then timed rounds
+    (one step of each candidate per round) until :data:`MAX_ROUNDS`, or ``budget_s`` after
+    :data:`MIN_ROUNDS`. After round 1, candidates over :data:`DROP_FACTOR` x the best (never the
+    reference) are not timed again. RNG state is restored afterwards."""
+    state = rng_state()
+    try:
+        steps = {c: build(c) for c in options}
+        for step in steps.values():
+            for _ in range(WARMUP_STEPS):
+                step()
+        samples: dict[Candidate, list[float]] = {c: [] for c in options}
+        start = clock()
+        for round_ in range(MAX_ROUNDS):
+            for c, step in steps.items():
+                t0 = clock()
+                step()
+                samples[c].append(clock() - t0)
+            if round_ == 0:
+                best = min(s[0] for s in samples.values())
+                steps = {c: s for i, (c, s) in enumerate(steps.items()) if i == 0 or samples[c][0] <= DROP_FACTOR * best}
+            if round_ + 1 >= MIN_ROUNDS and clock() - start > budget_s:
+                break
+        return {c: statistics.median(s) for c, s in samples.items()}
+    finally:
+        set_rng_state(state)
+
+
+def synthetic_batch(batch_size: int, shape: tuple[int, int, int], num_classes: int, num_samples: int,
+                    device: torch.device, channels_last: bool) -> Any:
+    """A normalised-looking random batch (N(0, 1) pixels), from a private generator."""
+    from ..data import Batch
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((batch_size, *shape), generator=gen)
+    y = torch.randint(0, num_classes, (batch_size,), generator=gen)
+    index = torch.arange(batch_size) % max(num_samples, 1)
+    x = x.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return Batch(x, y.to(device), index.to(device))
+
+
+def strategy_step_builder(cfg: Any, student: torch.nn.Module, teacher: torch.nn.Module | None,
+                          device: torch.device, *, num_classes: int, image_shape: tuple[int, int, int],
+                          num_train: int, steps_per_epoch: int, val_loader: Any = None,
+                          test_loader: Any = None) -> StepBuilder:
+    """A :data:`StepBuilder` for a run config: per candidate, copies of ``student`` and ``teacher``,
+    the config's distiller and strategy built on them (no run directory), the strategy's main phase
+    and optimiser, and one step of it on a synthetic batch."""
+    from ..losses.base import DistillContext
+    from ..losses.build import build_distiller
+    from ..registry import STRATEGIES
+    from ..strategies import StrategyContext
+    from .fast import prefer_fused
+    from .optim import build_optimizer, parameters_of
+
+    def build(c: Candidate) -> Callable[[], None]:
+        s, t = copy.deepcopy(student), copy.deepcopy(teacher)
+        d = build_distiller(cfg.losses, s, t, num_samples=num_train)
+        for module in (s, t, d):
+            if module is not None:
+                module.to(device)
+                if c.channels_last:
+                    module.to(memory_format=torch.channels_last)
+        strategy = STRATEGIES.build(cfg.strategy.name, StrategyContext(
+            student=s, teacher=t, distiller=d, ce_weight=cfg.ce_weight, device=device, precision=c.precision,
+            num_classes=num_classes, options=dict(cfg.strategy.options), epochs=cfg.train.epochs,
+            val_loader=val_loader, test_loader=test_loader, run_dir=None, steps_per_epoch=steps_per_epoch,
+            seed=cfg.seed))
+        phase = strategy.phases()[-1]
+        if phase.on_start is not None:
+            phase.on_start()
+        strategy.on_epoch_start(0)
+        phase.model.train()
+        ocfg = cfg.train.optimizer
+        optimizer = prefer_fused(build_optimizer(parameters_of(phase.modules), ocfg, ocfg.lr), device)
+        batch = synthetic_batch(cfg.data.batch_size, image_shape, num_classes, num_train, device, c.channels_last)
+        ctx = DistillContext(labels=batch.y, indices=batch.index, epoch=0, step=0, epochs_total=1, progress=0.0)
+
+        def step() -> None:
+            float(phase.step(batch, ctx, optimizer)["loss"])  # the host read waits for the device
+
+        return step
+
+    return build
+
+
+def run_key(cfg: Any, device: torch.device, image_shape: tuple[int, int, int]) -> dict[str, Any]:
+    """What a probe's timings hold for: device model, torch, threads, models, losses, strategy, batch, shape."""
+    teacher = cfg.teacher
+    return {"device": device_model(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "student": [cfg.student.name, cfg.student.kwargs],
+            "teacher": None if teacher is None else [teacher.name, teacher.kwargs],
+            "losses": cfg.losses, "strategy": [cfg.strategy.name, cfg.strategy.options],
+            "batch_size": cfg.data.batch_size, "image_shape": list(image_shape)}
+
+
+def resolve_run_fast_path(cfg: Any, device: torch.device, student: torch.nn.Module,
+                          teacher: torch.nn.Module | None, data: Any, steps_per_epoch: int,
+                          timer: Timer | None = None) -> FastPath:
+    """:func:`resolve_fast_path` for a run (the trainer calls it on rank 0 of a job and broadcasts the result)."""
+    from . import distributed as ddp
+
+    info = data.info
+    shape = tuple(data.train.images.shape[1:])
+    if timer is None:
+        build = strategy_step_builder(cfg, student, teacher, device, num_classes=info.num_classes, image_shape=shape,
+                                      num_train=data.num_train, steps_per_epoch=steps_per_epoch,
+                                      val_loader=data.val, test_loader=data.test)
+        timer = lambda options: time_steps(build, options)  # noqa: E731
+    with ddp.local_only():  # the other ranks wait for rank 0's answer
+        return resolve_fast_path(cfg.train.precision, cfg.train.channels_last, device, timer,
+                                 run_key(cfg, device, shape))
+
