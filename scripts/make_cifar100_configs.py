@@ -65,7 +65,7 @@ METHODS: dict[str, tuple[float, dict[str, dict[str, Any]], str]] = {
     "pkt": (1.0, {"pkt": {"weight": 30000.0}}, "PKT 30000"),
     "nst": (1.0, {"nst": {"weight": 50.0}}, "NST 50"),
     "ft": (1.0, {"ft": {"weight": 200.0, "pretrain_epochs": 30}}, "FT 200 after 30 epochs of paraphraser pre-training"),
-    "fsp": (1.0, {"fsp": {"weight": 50.0, "pretrain_epochs": 30}}, "FSP: 30 epochs of pre-training on L_FSP, then CE (the CRD code's main stage adds nothing; main_stage: true adds 50 L)"),
+    "fsp": (1.0, {"fsp": {"pretrain_epochs": 30}}, "FSP: 30 epochs of pre-training on L_FSP, then CE (the CRD code's main stage adds nothing; main_stage: true adds weight x L, default 5)"),
     "ab": (1.0, {"ab": {"weight": 1.0, "margin": 1.0, "pretrain_epochs": 30}},
            "AB: 30 epochs of connector pre-training, then CE (the CRD code's main stage adds nothing; main_stage: true adds 1 L)"),
     "kdsvd": (1.0, {"kdsvd": {"weight": 1.0, "k": 1}}, "KD-SVD 1"),

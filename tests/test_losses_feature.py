@@ -164,7 +164,7 @@ TEACHER = [(3, 8, 8), (5, 8, 8), (7, 4, 4), (9, 2, 2)]
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name, weight, kind", [
     ("fitnet", 100.0, "mid"), ("at", 1000.0, "stages"), ("nst", 50.0, "stages"), ("ft", 200.0, "last"),
-    ("ab", 1.0, "stages"), ("fsp", 50.0, "stages"), ("kdsvd", 1.0, "stages"), ("ofd", 0.001, "stages"),
+    ("ab", 1.0, "stages"), ("fsp", 5.0, "stages"), ("kdsvd", 1.0, "stages"), ("ofd", 0.001, "stages"),
     ("reviewkd", 5.0, "stages"),
 ])
 def test_registered_with_reference_defaults(name, weight, kind):
@@ -235,39 +235,78 @@ def test_fitnet_golden(s_hint, t_hint):
     assert loss.item() == pytest.approx(expected, rel=1e-10)
 
 
-def test_ft_golden_distillation_and_pretraining():
+def np_bn_running(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.ndarray
+                  ) -> np.ndarray:
+    """BatchNorm in evaluation mode: the running statistics."""
+    return (x - mean[None, :, None, None]) / np.sqrt(var[None, :, None, None] + EPS_BN) * gamma[None, :, None, None] \
+        + beta[None, :, None, None]
+
+
+@pytest.mark.parametrize("paraphraser_bn", [True, False], ids=["authors-bn", "crd-no-bn"])
+def test_ft_golden_distillation_and_pretraining(paraphraser_bn):
     s, t = make_features(STUDENT, seed=8), make_features(TEACHER, seed=9)
-    loss_fn = FT(FeatureShapes.of(s), FeatureShapes.of(t)).double()
+    loss_fn = FT(FeatureShapes.of(s), FeatureShapes.of(t), paraphraser_bn=paraphraser_bn).double()
     p = set_params(loss_fn, seed=10, scale=0.3)
+    running = {}  # known running statistics for the frozen paraphraser's BatchNorms
+    rng = np.random.default_rng(11)
+    with torch.no_grad():
+        for name, m in loss_fn.paraphraser.named_modules():
+            if isinstance(m, nn.BatchNorm2d):
+                running[f"paraphraser.{name}"] = (rng.standard_normal(m.num_features) * 0.1,
+                                                  rng.uniform(0.5, 2.0, m.num_features))
+                m.running_mean.copy_(torch.from_numpy(running[f"paraphraser.{name}"][0]))
+                m.running_var.copy_(torch.from_numpy(running[f"paraphraser.{name}"][1]))
     out = loss_fn(s, t, ctx_for(s))["ft"]
 
-    def enc(x, prefix, bn):
+    def enc(x, prefix, bn, use_running=False):
         idx = 0
         for _ in range(3):
-            x = np_conv(x, p[f"{prefix}.{idx}.weight"], p[f"{prefix}.{idx}.bias"], pad=1)
+            x = np_conv(x, p[f"{prefix}.{idx}.weight"], p.get(f"{prefix}.{idx}.bias"), pad=1)
             idx += 1
             if bn:
-                x = np_bn(x, p[f"{prefix}.{idx}.weight"], p[f"{prefix}.{idx}.bias"])
+                g, b = p[f"{prefix}.{idx}.weight"], p[f"{prefix}.{idx}.bias"]
+                x = np_bn_running(x, g, b, *running[f"{prefix}.{idx}"]) if use_running else np_bn(x, g, b)
                 idx += 1
             x = np_leaky(x)
             idx += 1
         return x
 
     fs = enc(np_(s.stages[-1]), "translator.encoder", bn=True)    # [2, 4, 4, 4]: factor C = int(9 * 0.5)
-    ft = enc(np_(t.stages[-1]), "paraphraser.encoder", bn=False)  # [2, 4, 2, 2]
+    ft = enc(np_(t.stages[-1]), "paraphraser.encoder", bn=paraphraser_bn, use_running=True)  # [2, 4, 2, 2], frozen
     assert fs.shape[1] == ft.shape[1] == 4
     fs, ft = np_common(fs, ft)
     phi_s = np_normalize((fs ** 2).mean(axis=1).reshape(2, -1), 1)
     phi_t = np_normalize((ft ** 2).mean(axis=1).reshape(2, -1), 1)
     assert out.item() == pytest.approx(200.0 * np.abs(phi_s - phi_t).mean(), rel=1e-10)
 
-    # pre-training: reconstruction of the teacher's last stage through the paraphraser
+    # pre-training: reconstruction of the teacher's last stage through the paraphraser (batch statistics)
     x = np_(t.stages[-1])
-    z = enc(x, "paraphraser.encoder", bn=False)
-    for idx in (0, 2, 4):
-        z = np_leaky(np_conv_transpose(z, p[f"paraphraser.decoder.{idx}.weight"], p[f"paraphraser.decoder.{idx}.bias"]))
+    z = enc(x, "paraphraser.encoder", bn=paraphraser_bn)
+    idx = 0
+    for _ in range(3):
+        z = np_conv_transpose(z, p[f"paraphraser.decoder.{idx}.weight"], p.get(f"paraphraser.decoder.{idx}.bias"))
+        idx += 1
+        if paraphraser_bn:
+            z = np_bn(z, p[f"paraphraser.decoder.{idx}.weight"], p[f"paraphraser.decoder.{idx}.bias"])
+            idx += 1
+        z = np_leaky(z)
+        idx += 1
     pre = loss_fn.pretrain_loss(s, t, ctx_for(s))
     assert pre.item() == pytest.approx(((z - x) ** 2).mean(), rel=1e-10)
+
+
+def test_ft_frozen_paraphraser_keeps_its_running_statistics():
+    """The main stage reads the paraphraser in evaluation mode: its BN statistics do not drift, and the
+    module's train/eval flag is left as it was."""
+    s, t = make_features(STUDENT, seed=12, dtype=torch.float32), make_features(TEACHER, seed=13, dtype=torch.float32)
+    loss_fn = FT(FeatureShapes.of(s), FeatureShapes.of(t)).train()
+    before = {k: v.clone() for k, v in loss_fn.paraphraser.state_dict().items()}
+    loss_fn(s, t, ctx_for(s))["ft"].backward()
+    assert loss_fn.paraphraser.training
+    after = loss_fn.paraphraser.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    loss_fn.pretrain_loss(s, t, ctx_for(s))  # pre-training does update them
+    assert not torch.equal(before["encoder.1.running_mean"], loss_fn.paraphraser.state_dict()["encoder.1.running_mean"])
 
 
 def np_ab(src: np.ndarray, tgt: np.ndarray, m: float = 1.0) -> float:
@@ -319,7 +358,7 @@ def test_fsp_golden():
 
     expected = sum(((gs - gt) ** 2).mean() for gs, gt in zip(grams(s), grams(t)))
     assert loss_fn.pretrain_loss(s, t, ctx_for(s)).item() == pytest.approx(expected, rel=1e-10)
-    assert loss_fn(s, t, ctx_for(s))["fsp"].item() == pytest.approx(50.0 * expected, rel=1e-10)
+    assert loss_fn(s, t, ctx_for(s))["fsp"].item() == pytest.approx(5.0 * expected, rel=1e-10)
     loss_fn.main_stage = False
     assert loss_fn(s, t, ctx_for(s))["fsp"].item() == 0.0
     with pytest.raises(NotImplementedError):

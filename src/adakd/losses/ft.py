@@ -12,11 +12,12 @@ from .connectors import loss_dtype, map_shape, pool_to_common
 
 
 def _conv_stack(channels: list[int], batch_norm: bool, transpose: bool = False) -> nn.Sequential:
-    """3x3 (transposed) convs, stride 1, padding 1, each followed by [BN] + LeakyReLU(0.1): sizes kept."""
+    """3x3 (transposed) convs, stride 1, padding 1, each followed by [BN] + LeakyReLU(0.1): sizes kept
+    (no conv bias before a BN, as in the FT authors' code)."""
     layers: list[nn.Module] = []
     conv = nn.ConvTranspose2d if transpose else nn.Conv2d
     for c_in, c_out in zip(channels[:-1], channels[1:]):
-        layers.append(conv(c_in, c_out, kernel_size=3, stride=1, padding=1))
+        layers.append(conv(c_in, c_out, kernel_size=3, stride=1, padding=1, bias=not batch_norm))
         if batch_norm:
             layers.append(nn.BatchNorm2d(c_out))
         layers.append(nn.LeakyReLU(0.1))
@@ -26,13 +27,16 @@ def _conv_stack(channels: list[int], batch_norm: bool, transpose: bool = False) 
 class Paraphraser(nn.Module):
     """Convolutional auto-encoder on the teacher's map: C -> C -> kC -> kC (encoder, the "factor") and back.
 
-    Trained alone, by reconstruction, in the pre-training stage; frozen afterwards.
+    Trained alone, by reconstruction, in the pre-training stage; frozen afterwards (its BatchNorms then
+    use their running statistics). ``batch_norm`` is the FT authors' default; without it (the CRD
+    code's port) the reconstruction is an unnormalised 6-conv regression of a non-centred post-ReLU map,
+    which SGD at lr 0.05 trains at the edge of stability (see :class:`FT`).
     """
 
-    def __init__(self, channels: int, factor_channels: int) -> None:
+    def __init__(self, channels: int, factor_channels: int, batch_norm: bool = True) -> None:
         super().__init__()
-        self.encoder = _conv_stack([channels, channels, factor_channels, factor_channels], batch_norm=False)
-        self.decoder = _conv_stack([factor_channels, factor_channels, channels, channels], batch_norm=False,
+        self.encoder = _conv_stack([channels, channels, factor_channels, factor_channels], batch_norm=batch_norm)
+        self.decoder = _conv_stack([factor_channels, factor_channels, channels, channels], batch_norm=batch_norm,
                                    transpose=True)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -82,7 +86,8 @@ class FT(Distiller):
     pretrain_epochs = 30
 
     def __init__(self, student: FeatureShapes, teacher: FeatureShapes, weight: float | None = None,
-                 rate: float = 0.5, p1: float = 2.0, p2: float = 1.0, pretrain_epochs: int | None = None) -> None:
+                 rate: float = 0.5, p1: float = 2.0, p2: float = 1.0, pretrain_epochs: int | None = None,
+                 paraphraser_bn: bool = True) -> None:
         super().__init__(student, teacher, weight)
         if not 0 < rate <= 4 or p1 <= 0 or p2 <= 0:
             raise ConfigError(f"ft needs 0 < rate <= 4, p1 > 0 and p2 > 0 (got rate={rate}, p1={p1}, p2={p2}); "
@@ -95,12 +100,14 @@ class FT(Distiller):
         t_c = map_shape(teacher.stages[-1], "the teacher's last stage", "ft")[0]
         factor_c = max(1, int(t_c * rate))
         self.p1, self.p2 = float(p1), float(p2)
-        self.paraphraser = Paraphraser(t_c, factor_c)
+        self.paraphraser = Paraphraser(t_c, factor_c, batch_norm=bool(paraphraser_bn))
         self.translator = Translator(s_c, factor_c)
 
     def spot_loss(self, i: int, s: Tensor, t: Tensor, ctx: DistillContext) -> Tensor:
-        with torch.no_grad():  # the paraphraser is frozen after pre-training
-            factor_t = self.paraphraser.encoder(t.detach())
+        with torch.no_grad():  # the paraphraser is frozen after pre-training: running BN statistics
+            mode = self.paraphraser.training
+            factor_t = self.paraphraser.eval().encoder(t.detach())
+            self.paraphraser.train(mode)
         factor_s, factor_t = pool_to_common(loss_dtype(self.translator(s)), loss_dtype(factor_t))
         diff = (factor_vector(factor_s, self.p1) - factor_vector(factor_t, self.p1)).abs()
         return self.weight * (diff if self.p2 == 1 else diff.pow(self.p2)).mean()
