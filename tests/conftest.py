@@ -29,12 +29,31 @@ def fmnist_root() -> Path:
     return root
 
 
+#: ``--precision`` values: what ``precision: auto`` resolves to in every test (``probe``: measured).
+TEST_PRECISIONS = ("fp32", "bf16", "probe")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--precision", choices=TEST_PRECISIONS, default=os.environ.get("ADAKD_TEST_PRECISION", "fp32"),
+        help="what `precision: auto` resolves to in the tests (sets ADAKD_PRECISION): fp32 (default, the same "
+             "numerics on every CPU), bf16 (bf16 autocast everywhere, AMX or not), probe (the fast-path probe "
+             "decides, as for a user). Also from $ADAKD_TEST_PRECISION. Tests that name a precision keep it.")
+
+
 @pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory, monkeypatch):
-    """Teacher cache and torch.compile cache inside the test's temp dirs, never the user's."""
+def _private_cache(tmp_path_factory, monkeypatch, request):
+    """Teacher cache and torch.compile cache inside the test's temp dirs, never the user's; ``precision:
+    auto`` resolved as ``--precision`` says (inherited by the CLI subprocesses of the tests)."""
     cache = tmp_path_factory.getbasetemp() / "adakd-cache"
     monkeypatch.setenv("ADAKD_CACHE", str(cache))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
+    precision = request.config.getoption("--precision")
+    if precision == "probe":
+        monkeypatch.delenv("ADAKD_PRECISION", raising=False)
+    else:
+        monkeypatch.setenv("ADAKD_PRECISION", precision)
+    monkeypatch.delenv("ADAKD_CHANNELS_LAST", raising=False)
 
 
 @pytest.fixture(scope="module")
