@@ -268,8 +268,11 @@ def test_aux_head_variants_and_errors():
     make({"dkd": {}}, val=False, options={"ablation": "fixed"})  # no search: no validation split needed
     with pytest.raises(ConfigError, match="2 entries"):
         make({"dkd": {}}, options={"gammas": [0.5]})
-    with pytest.raises(ConfigError, match="no option"):
+    with pytest.raises(ConfigError, match="gama: unknown option. Did you mean 'gammas'"):
         make({"dkd": {}}, options={"gama": 1})
+    with pytest.raises(ConfigError, match="hypergradient"):
+        make({"dkd": {}}, options={"hypergradient": "second_order"})
+    assert make({"dkd": {}}, options={"hypergradient": "DARTS"}).hypergradient == "darts"  # case-insensitive
 
 
 def test_phases_ablations_and_retrain_from_scratch():

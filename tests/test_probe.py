@@ -170,6 +170,10 @@ def test_time_steps_drops_far_slower_candidates_after_one_round_but_keeps_the_re
     runs.update({c: 0 for c in runs})
     probe.time_steps(build, [F32, F32_CL], budget_s=0.0, clock=lambda: clock[0])
     assert runs[F32] == warm + probe.MIN_ROUNDS
+    # steps so slow that the probe is past max_s: one warm-up and one timed step each
+    runs.update({c: 0 for c in runs})
+    got = probe.time_steps(build, [F32, BF16], budget_s=0.0, clock=lambda: clock[0], max_s=1.0)
+    assert runs == {F32: 2, F32_CL: 0, BF16: 2} and got == {F32: 3.0, BF16: 10.0}
 
 
 def _run(tmp_path, root, name, **train):

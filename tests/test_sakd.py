@@ -324,8 +324,10 @@ def test_option_errors():
     s, t = tiny_pair()
     with pytest.raises(ConfigError, match="routing"):
         make_strategy("sakd", s, t, {"at": {}}, {"routing": "sometimes"})
-    with pytest.raises(ConfigError, match="no option"):
+    with pytest.raises(ConfigError, match="temprature: unknown option. Did you mean 'temperature'"):
         make_strategy("sakd", s, t, {"at": {}}, {"temprature": 3})
+    with pytest.raises(ConfigError, match="policy_momentum"):
+        make_strategy("sakd", s, t, {"at": {}}, {"policy_momentum": 1.5})
     with pytest.raises(ConfigError, match="kd_weight"):
         make_strategy("sakd", s, t, {"at": {}, "kd": {}}, {"kd_weight": 0.5})
 

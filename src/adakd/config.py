@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .data.config import DataConfig
 from .errors import ConfigError
+from .plugins import load_plugins
 
 
 class _Strict(BaseModel):
@@ -106,6 +107,9 @@ class RunConfig(_Strict):
     """One training run: data x teacher x student x losses x strategy x schedule."""
 
     name: str = "run"
+    #: Plugin modules to import first (dotted names or .py files, relative to the config): your own
+    #: registered models, losses, strategies, datasets (adakd/plugins.py).
+    imports: list[str] = Field(default_factory=list)
     seed: int = 0
     device: str = "auto"
     output_dir: str = "runs"
@@ -198,6 +202,10 @@ def load_raw(path: str | os.PathLike[str], _seen: tuple[Path, ...] = ()) -> dict
                 candidate = (path.parent / value).resolve()
                 if key == "recipe" or candidate.exists():
                     teacher[key] = str(candidate)
+    imports = data.get("imports")
+    if isinstance(imports, list):  # plugin files relative to the file that names them
+        data["imports"] = [str((path.parent / i).resolve()) if isinstance(i, str) and i.endswith(".py")
+                           and not os.path.isabs(os.path.expanduser(i)) else i for i in imports]
     base = data.pop("base", None)
     if base is None:
         return data
@@ -283,7 +291,9 @@ def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
 def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None) -> RunConfig:
     """Load, merge ``base:`` files, apply dotted overrides, validate."""
     data = apply_overrides(load_raw(path), overrides or [])
-    return validate(data, str(path))
+    cfg = validate(data, str(path))
+    load_plugins(cfg.imports, base_dir=Path(path).expanduser().resolve().parent)
+    return cfg
 
 
 def dump_config(cfg: RunConfig) -> str:

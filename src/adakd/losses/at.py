@@ -36,6 +36,7 @@ class AT(Distiller):
     paper = "Zagoruyko & Komodakis, Paying More Attention to Attention, ICLR 2017"
     default_weight = 1000.0
     spot_kind = "stages"
+    sakd_policy_gamma = 2.0  # the SAKD code's policy-loss scale for this loss
 
     def __init__(self, student: FeatureShapes, teacher: FeatureShapes, weight: float | None = None,
                  p: float = 2.0) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from pydantic import BaseModel
 from torch import Tensor, nn
 
 from ..models.contract import Features, FeatureShapes
@@ -68,6 +69,19 @@ class Distiller(nn.Module):
     needs_indices: ClassVar[bool] = False
     needs_models: ClassVar[bool] = False
     pretrain_epochs: ClassVar[int] = 0
+    #: SAKD's policy-loss scale gamma when SAKD wraps this loss (the SAKD code's: 2 for AT, RKD, VID).
+    sakd_policy_gamma: ClassVar[float] = 1.0
+
+    #: Constructor arguments the builder supplies itself; never config options.
+    BUILT_IN: ClassVar[frozenset[str]] = frozenset({"student", "teacher", "num_samples", "student_model",
+                                                     "teacher_model"})
+
+    @classmethod
+    def options_model(cls) -> type[BaseModel]:
+        """The typed config options of this loss: its constructor's keyword parameters (``weight`` first)."""
+        from ..options import options_model
+
+        return options_model(cls.__init__, cls.BUILT_IN, cls.name)
 
     def __init__(self, student: FeatureShapes, teacher: FeatureShapes, weight: float | None = None) -> None:
         super().__init__()

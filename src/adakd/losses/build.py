@@ -1,28 +1,27 @@
 """Build the distiller of a run from its ``losses:`` config (one loss, or several summed)."""
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from ..errors import ConfigError, ShapeError
 from ..models.contract import ContractModel
+from ..options import check_options
 from ..registry import DISTILLERS
 from .base import CompositeDistiller, Distiller
 
 
-def _option_names(cls: type) -> set[str]:
-    params = inspect.signature(cls.__init__).parameters
-    return {n for n, p in params.items() if n not in ("self", "student", "teacher") and p.kind != p.VAR_KEYWORD}
+def check_loss_options(name: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """The options given for loss ``name``, type-checked (ConfigError naming ``losses.NAME.KEY`` and the fix)."""
+    cls = DISTILLERS.get(name).factory
+    given = dict(options or {})
+    checked = check_options(cls.options_model(), given, f"losses.{name}")
+    return {key: getattr(checked, key) for key in given}
 
 
 def build_one(name: str, options: dict[str, Any], student: ContractModel, teacher: ContractModel,
               *, num_samples: int | None = None) -> Distiller:
     cls = DISTILLERS.get(name).factory
-    options = dict(options)
-    allowed = _option_names(cls) - {"num_samples", "student_model", "teacher_model"}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ConfigError(f"loss {name!r} has no option(s) {unknown}; its options are: {sorted(allowed)}.")
+    options = check_loss_options(name, options)
     extra: dict[str, Any] = {}
     if getattr(cls, "needs_indices", False):
         if num_samples is None:

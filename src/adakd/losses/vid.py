@@ -70,6 +70,7 @@ class VID(Distiller):
     paper = "Ahn et al., Variational Information Distillation for Knowledge Transfer, CVPR 2019"
     default_weight = 1.0
     spot_kind = "stages"
+    sakd_policy_gamma = 2.0  # the SAKD code's policy-loss scale for this loss
 
     def __init__(self, student: FeatureShapes, teacher: FeatureShapes, weight: float | None = None,
                  init_var: float = 5.0, eps: float = 1e-5, mid_channels: int | None = None) -> None:

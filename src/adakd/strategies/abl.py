@@ -19,7 +19,7 @@ state in place, gamma fixed). Records: ``abl_gamma.jsonl`` (gamma per block over
 search's iterations), epoch means in metrics.jsonl, ``abl_gammas.json`` (the gammas used,
 and the auxiliary heads' test accuracy at the end), the same in summary.json.
 
-strategy.options (defaults in ``DEFAULTS``):
+strategy.options (typed and defaulted in ``ABLOptions``):
   aux                aux1 | aux2 | aux3 (paper default) | aux4: auxiliary head design (Table 11)
   gammas             list (per block but the last: g2 = teacher share, or [g1, g2]) or the path
                      of an abl_gammas.json: use these, skip the search
@@ -40,10 +40,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import BeforeValidator, Field
 from torch import Tensor, nn
 
 from ..data import Batch
@@ -51,6 +52,7 @@ from ..engine import distributed as ddp
 from ..engine.device import autocast
 from ..errors import ConfigError
 from ..losses.base import DistillContext
+from ..options import StrictOptions
 from ..registry import STRATEGIES
 from .abl_gradients import (abl_forward, apply_mixed, at_least_float32, block_parameters, check_blocks,
                             local_losses, mixed_backward, separate_gradients)
@@ -59,32 +61,35 @@ from .abl_meta import (HYPERGRADIENTS, OptimizerSnapshot, darts_hypergradient, e
                        frozen_bn_stats, preserved_buffers, softmax_backward, step_coefficients)
 from .base import Phase, Strategy, StrategyContext, correct_count
 
-DEFAULTS: dict[str, Any] = {
-    "aux": "aux3",
-    "gammas": None,
-    "ablation": "adaptive",
-    "student_error": "local",
-    "search_epochs": None,
-    "warm_start_epochs": None,
-    "warm_start_steps": None,
-    "hypergradient": "exact",
-    "meta_lr": 3e-4,
-    "meta_betas": [0.5, 0.999],
-    "meta_weight_decay": 1e-3,
-    "val_loss": "ce",
-    "darts_xi": 0.01,
-    "trace_every": 10,
-}
 ABLATIONS = ("adaptive", "fixed", "random", "no_distill", "teacher_only")
 GAMMA_TRACE = "abl_gamma.jsonl"
 GAMMA_FILE = "abl_gammas.json"
 
 
-def _choice(options: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str:
-    value = str(options[key]).lower()
-    if value not in allowed:
-        raise ConfigError(f"strategy.options.{key}={options[key]!r}: use one of {', '.join(allowed)}.")
-    return value
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+Choice = BeforeValidator(_lower)  # choices are case-insensitive
+
+
+class ABLOptions(StrictOptions):
+    """``strategy.options`` of ABL (see the module docstring)."""
+
+    aux: str = "aux3"
+    gammas: list[float | list[float]] | str | None = None
+    ablation: Annotated[Literal[ABLATIONS], Choice] = "adaptive"
+    student_error: Annotated[Literal["local", "global"], Choice] = "local"
+    search_epochs: int | None = Field(None, ge=0)
+    warm_start_epochs: float | None = Field(None, ge=0)
+    warm_start_steps: int | None = Field(None, ge=0)
+    hypergradient: Annotated[Literal[HYPERGRADIENTS], Choice] = "exact"
+    meta_lr: float = Field(3e-4, gt=0)
+    meta_betas: tuple[float, float] = (0.5, 0.999)
+    meta_weight_decay: float = Field(1e-3, ge=0)
+    val_loss: Annotated[Literal["ce", "ce+kd"], Choice] = "ce"
+    darts_xi: float = Field(0.01, gt=0)
+    trace_every: int = Field(10, ge=1)
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -123,23 +128,20 @@ class ABLStrategy(Strategy):
     """See the module docstring."""
 
     name = "abl"
-
-    @classmethod
-    def option_names(cls) -> set[str]:
-        return set(DEFAULTS)
+    Options = ABLOptions
 
     def __init__(self, ctx: StrategyContext) -> None:
         super().__init__(ctx)
-        o = {**DEFAULTS, **ctx.options}
+        o = self.options.model_dump()
         self.num_blocks = check_blocks(self.student)
         self.aux = resolve_aux(o["aux"])
-        self.ablation = _choice(o, "ablation", ABLATIONS)
-        self.student_error = _choice(o, "student_error", ("local", "global"))
-        self.hypergradient = _choice(o, "hypergradient", HYPERGRADIENTS)
-        self.val_loss = _choice(o, "val_loss", ("ce", "ce+kd"))
+        self.ablation = o["ablation"]
+        self.student_error = o["student_error"]
+        self.hypergradient = o["hypergradient"]
+        self.val_loss = o["val_loss"]
         self.meta_lr = float(o["meta_lr"])
         self.darts_xi = float(o["darts_xi"])
-        self.trace_every = max(int(o["trace_every"]), 1)
+        self.trace_every = int(o["trace_every"])
         self.use_kd = self.ablation != "no_distill"
         if self.use_kd and (self.distiller is None or self.teacher is None):
             raise ConfigError("strategy abl mixes the student error with a teacher's: add a teacher and a loss "

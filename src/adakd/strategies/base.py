@@ -23,6 +23,7 @@ from ..engine.device import autocast
 from ..engine.distributed import all_finite
 from ..losses.base import DistillContext, Distiller
 from ..models.contract import ContractModel, Features
+from ..options import StrictOptions, check_options
 
 
 @dataclass
@@ -84,18 +85,21 @@ class Strategy:
         self.student = ctx.student
         self.teacher = ctx.teacher
         self.distiller = ctx.distiller
-        unknown = set(ctx.options) - set(self.option_names())
-        if unknown:
-            from ..errors import ConfigError
-
-            raise ConfigError(
-                f"strategy {self.name!r} has no option(s) {sorted(unknown)}; known: {sorted(self.option_names())}."
-            )
+        #: The validated ``strategy.options`` (defaults filled in).
+        self.options = self.check_options(ctx.options)
 
     # -- configuration -------------------------------------------------------------
+    #: The strategy's typed options (``strategy.options`` in the config); subclasses declare their own.
+    Options: ClassVar[type[StrictOptions]] = StrictOptions
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any] | None) -> StrictOptions:
+        """``options`` validated against :attr:`Options` (one ConfigError naming each bad key and the fix)."""
+        return check_options(cls.Options, options, "strategy.options")
+
     @classmethod
     def option_names(cls) -> set[str]:
-        return set()
+        return set(cls.Options.model_fields)
 
     # -- what the main optimiser trains ------------------------------------------------
     def trainable_modules(self) -> list[nn.Module]:

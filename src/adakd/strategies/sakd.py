@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 from ..data import Batch
@@ -36,6 +37,7 @@ from ..errors import ConfigError
 from ..losses.base import DistillContext, Distiller
 from ..losses.kd import KD
 from ..models.contract import Features
+from ..options import StrictOptions
 from ..registry import STRATEGIES
 from .base import Strategy, StrategyContext, correct_count
 from .sakd_graft import (GRAFT_BN_MODES, GraftAdapters, check_graftable, distiller_parts, find_spots,
@@ -43,9 +45,6 @@ from .sakd_graft import (GRAFT_BN_MODES, GraftAdapters, check_graftable, distill
 from .sakd_policy import RoutingPolicy, gumbel_noise, straight_through_gumbel_softmax
 
 ROUTINGS = ("policy", "reverse", "random", "everywhere", "nowhere")
-
-#: The policy-loss scale gamma of the SAKD code per wrapped loss (1 for the others).
-GAMMA = {"at": 2.0, "rkd": 2.0, "vid": 2.0}
 
 #: Per-epoch metric key prefix: the fraction of samples distilled at each spot.
 ROUTE_PREFIX = "route_teacher."
@@ -57,22 +56,31 @@ ROUTE_PREFIX = "route_teacher."
 class SAKDStrategy(Strategy):
     name: ClassVar[str] = "sakd"
 
-    DEFAULTS: ClassVar[dict[str, Any]] = {
-        "routing": "policy", "temperature": 5.0, "gamma": None, "init_everywhere": None, "init_bias": 10.0,
-        "policy_lr_ratio": 0.5, "policy_momentum": 0.9, "policy_weight_decay": 1e-3,
-        "kd_weight": 1.0, "kd_temperature": 4.0, "graft_bn": "running", "per_class_routing": True,
-    }
+    class Options(StrictOptions):
+        """``strategy.options`` of SAKD (defaults: the SAKD code's)."""
 
-    @classmethod
-    def option_names(cls) -> set[str]:
-        return set(cls.DEFAULTS)
+        routing: Literal[ROUTINGS] = "policy"
+        #: Gumbel-softmax temperature of the routing decisions.
+        temperature: float = Field(5.0, gt=0)
+        #: Policy-loss scale; None = the largest ``sakd_policy_gamma`` of the wrapped losses (2 for at/rkd/vid).
+        gamma: float | None = Field(None, gt=0)
+        #: Start at "distil everywhere" (the +init_bias logit); None = for same-family pairs only.
+        init_everywhere: bool | None = None
+        init_bias: float = 10.0
+        policy_lr_ratio: float = Field(0.5, gt=0)
+        policy_momentum: float = Field(0.9, ge=0, lt=1)
+        policy_weight_decay: float = Field(1e-3, ge=0)
+        #: KD at the logits spot when no logit loss is configured.
+        kd_weight: float = Field(1.0, ge=0)
+        kd_temperature: float = Field(4.0, gt=0)
+        graft_bn: Literal[GRAFT_BN_MODES] = "running"
+        per_class_routing: bool = True
 
     def __init__(self, ctx: StrategyContext) -> None:
         super().__init__(ctx)
         if ctx.teacher is None:
             raise ConfigError("strategy sakd distils from a teacher: add a `teacher:` section (and losses).")
-        self.opts = {**self.DEFAULTS, **ctx.options}
-        self._check_options(ctx.options)
+        self.opts = self.options.model_dump()
         check_graftable(self.student, "student")
         check_graftable(self.teacher, "teacher")
         s_shapes, t_shapes = self.student.feature_shapes(), self.teacher.feature_shapes()
@@ -88,7 +96,7 @@ class SAKDStrategy(Strategy):
         self.spots, self.terms = find_spots(self.parts, s_shapes, t_shapes)
         self.routing = str(self.opts["routing"])
         self.gamma = float(self.opts["gamma"]) if self.opts["gamma"] is not None else max(
-            [GAMMA.get(p.name, 1.0) for p in self.parts.values()] or [1.0])
+            [p.sakd_policy_gamma for p in self.parts.values()] or [1.0])
         everywhere = self.opts["init_everywhere"]
         if everywhere is None:  # same-family pairs start at "distil everywhere"
             everywhere = bool(s_shapes.family) and s_shapes.family == t_shapes.family
@@ -105,18 +113,6 @@ class SAKDStrategy(Strategy):
         self.generator.manual_seed(ctx.seed + 104729)
         self._routed = torch.zeros(len(self.spots), device=ctx.device)
         self._samples = 0
-
-    def _check_options(self, given: dict[str, Any]) -> None:
-        o = self.opts
-        if o["routing"] not in ROUTINGS:
-            raise ConfigError(f"sakd routing={o['routing']!r}: use one of {', '.join(ROUTINGS)} (default policy).")
-        if o["graft_bn"] not in GRAFT_BN_MODES:
-            raise ConfigError(f"sakd graft_bn={o['graft_bn']!r}: use one of {', '.join(GRAFT_BN_MODES)}.")
-        for key in ("temperature", "policy_lr_ratio", "kd_temperature"):
-            if not float(o[key]) > 0:
-                raise ConfigError(f"sakd {key}={o[key]} must be > 0 (default {self.DEFAULTS[key]}).")
-        if o["gamma"] is not None and not float(o["gamma"]) > 0:
-            raise ConfigError(f"sakd gamma={o['gamma']} must be > 0 (default: 2 for at/rkd/vid, else 1).")
 
     @property
     def trains_policy(self) -> bool:

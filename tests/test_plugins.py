@@ -1,0 +1,110 @@
+"""Plugins: a user's model and loss, registered in their own module, trained from a config (``imports:``),
+listed by the CLI, and the errors of a plugin that cannot be loaded."""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from adakd import plugins
+from adakd.api import load_config, train
+from adakd.errors import ConfigError
+from adakd.registry import DISTILLERS, MODELS
+
+PLUGIN = Path(__file__).parent / "plugins" / "user_components.py"
+
+
+@pytest.fixture(autouse=True)
+def registries_restored(monkeypatch):
+    """What a test's plugins register is gone afterwards (other tests iterate over the registries)."""
+    from adakd.registry import DATASETS, STRATEGIES
+
+    saved = [(r, dict(r._entries)) for r in (MODELS, DISTILLERS, STRATEGIES, DATASETS)]
+    modules = set(sys.modules)
+    monkeypatch.setattr(plugins, "_loaded", {})
+    yield
+    for registry, entries in saved:
+        registry._entries.clear()
+        registry._entries.update(entries)
+    for name in set(sys.modules) - modules:
+        if name.startswith(("adakd_plugin_", "ep_plugin_mod")):
+            del sys.modules[name]
+
+
+def write_config(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def tiny(tmp_path: Path, root: Path, name: str, **extra) -> dict:
+    return {
+        "name": name, "seed": 0, "device": "cpu", "output_dir": str(tmp_path / "runs"), "progress": False,
+        "imports": [os.path.relpath(PLUGIN, tmp_path)],  # relative to the config file
+        "data": {"name": "fashion_mnist", "root": str(root), "batch_size": 32, "eval_batch_size": 500,
+                 "train_subset": 512, "test_subset": 500},
+        "train": {"epochs": 2, "precision": "fp32", "channels_last": False, "optimizer": {"lr": 0.05},
+                  "schedule": {"name": "cosine"}},
+        **extra,
+    }
+
+
+def test_a_user_model_and_loss_train_from_a_config(tmp_path, fmnist_root):
+    write_config(tmp_path / "teacher.yaml", tiny(tmp_path, fmnist_root, "teacher",
+                                                  student={"name": "user_tiny_convnet", "kwargs": {"width": 16}}))
+    cfg_path = write_config(tmp_path / "student.yaml", tiny(
+        tmp_path, fmnist_root, "student",
+        student={"name": "user_tiny_convnet", "kwargs": {"width": 8}},
+        teacher={"name": "user_tiny_convnet", "kwargs": {"width": 16}, "recipe": "teacher.yaml"},
+        losses={"kd": {}, "user_pooled_l2": {"scale": 0.5}}))
+    cfg = load_config(cfg_path)
+    assert "user_tiny_convnet" in MODELS and "user_pooled_l2" in DISTILLERS
+    summary = train(cfg, log=lambda m: None)
+    records = [json.loads(x) for x in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert all("user_pooled_l2" in r and "kd" in r for r in records)
+    assert records[-1]["user_pooled_l2"] < records[0]["user_pooled_l2"]  # the user's loss is optimised
+    assert summary["best_top1"] > 30.0  # and the user's model learns (10 classes: chance is 10%)
+
+
+def test_a_user_losss_options_are_typed(tmp_path, fmnist_root):
+    cfg = tiny(tmp_path, fmnist_root, "x", student={"name": "resnet8"},
+               teacher={"name": "resnet8", "checkpoint": "none.pt"}, losses={"user_pooled_l2": {"scal": 2}})
+    load_config(write_config(tmp_path / "x.yaml", cfg))  # registers the plugin
+    from adakd.losses.build import check_loss_options
+
+    with pytest.raises(ConfigError, match="losses.user_pooled_l2.scal: unknown option. Did you mean 'scale'"):
+        check_loss_options("user_pooled_l2", {"scal": 2})
+
+
+def test_plugin_errors_name_the_module(tmp_path, fmnist_root):
+    cfg = tiny(tmp_path, fmnist_root, "x", student={"name": "resnet8"})
+    cfg["imports"] = ["no_such_package.models"]
+    with pytest.raises(ConfigError, match="plugin module 'no_such_package.models' not found"):
+        load_config(write_config(tmp_path / "a.yaml", cfg))
+    cfg["imports"] = ["missing_file.py"]
+    with pytest.raises(ConfigError, match="plugin file .*missing_file.py not found"):
+        load_config(write_config(tmp_path / "b.yaml", cfg))
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('my bug')\n")
+    cfg["imports"] = ["broken.py"]
+    with pytest.raises(ConfigError, match="failed to import: RuntimeError: my bug"):
+        load_config(write_config(tmp_path / "c.yaml", cfg))
+
+
+def test_entry_point_plugins_are_loaded_once(monkeypatch, tmp_path):
+    module = tmp_path / "ep_plugin_mod.py"
+    module.write_text("from adakd.registry import MODELS\nLOADS = globals().get('LOADS', 0) + 1\n"
+                      "MODELS.register('ep_plugin_model')(lambda num_classes=10, in_channels=3, image_size=32: None)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ep = importlib.metadata.EntryPoint(name="mine", value="ep_plugin_mod", group=plugins.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(plugins.importlib.metadata, "entry_points",
+                        lambda group: [ep] if group == plugins.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(plugins, "_entry_points_loaded", False)
+    assert plugins.load_entry_points() == ["mine"]
+    assert plugins.load_entry_points() == ["mine"]  # a second call imports nothing again
+    assert "ep_plugin_model" in MODELS
+    assert sys.modules["ep_plugin_mod"].LOADS == 1
