@@ -1,4 +1,4 @@
-"""Datasets in their standard file formats, a device-resident batch pipeline, splits and subsets.
+"""Datasets in their standard file formats, device-resident and streamed pipelines, splits and subsets.
 
     from adakd.data import DataConfig, build_data
     data = build_data(DataConfig(name="fashion_mnist"), "cpu", seed=0)
@@ -15,7 +15,11 @@ from .build import DataBundle, build_data, load_split, open_dataset
 from .config import DataConfig
 from .info import DatasetInfo
 from .loader import Batch, DeviceLoader
+from .pipeline import PipelineChoice, choose_pipeline
 from .splits import balanced_subset, train_val_split
+from .stream import StreamLoader
+from .transforms import augmentation_params, sample_generator
 
-__all__ = ["DataConfig", "DatasetInfo", "DataBundle", "Batch", "DeviceLoader", "build_data", "load_split",
+__all__ = ["DataConfig", "DatasetInfo", "DataBundle", "Batch", "DeviceLoader", "StreamLoader", "PipelineChoice",
+           "choose_pipeline", "augmentation_params", "sample_generator", "build_data", "load_split",
            "open_dataset", "train_val_split", "balanced_subset"]

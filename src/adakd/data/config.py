@@ -1,7 +1,7 @@
 """The ``data:`` section of a run config: which dataset, where it lives, how it is batched and augmented."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -14,6 +14,12 @@ class DataConfig(BaseModel):
     a stratified part of the *training* split as validation data; the test split is never touched.
     ``crop_padding`` / ``flip`` of ``None`` take the dataset's defaults (see ``DatasetInfo``).
     ``options`` are passed to the dataset reader (e.g. ``verify_checksum``, ``grayscale``).
+
+    ``pipeline``: ``device`` (decoded once, held on the training device), ``stream`` (decoded each
+    epoch by ``num_workers`` worker processes, None = min(8, CPU count)) or ``auto`` (device when
+    the decoded splits fit ``memory_budget``; see :mod:`adakd.data.pipeline`). ``recipe``: the
+    augmentation, ``pad_crop_flip`` or ``imagenet`` (None = the dataset's). ``bad_images``: a file
+    that does not decode stops the run naming it (``error``) or is left out and counted (``skip``).
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -34,6 +40,12 @@ class DataConfig(BaseModel):
     seed: int = 0
     drop_last: bool = True
     options: dict[str, Any] = Field(default_factory=dict)
+    pipeline: Literal["auto", "device", "stream"] = "auto"
+    memory_budget: float | str | None = None
+    num_workers: int | None = Field(None, ge=0)
+    prefetch_factor: int = Field(2, ge=1)
+    recipe: Literal["pad_crop_flip", "imagenet"] | None = None
+    bad_images: Literal["error", "skip"] = "error"
 
     @field_validator("train_subset", "test_subset", mode="before")
     @classmethod

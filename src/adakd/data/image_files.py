@@ -44,17 +44,38 @@ def _pillow():
     return Image
 
 
-def _decode_one(path: Path, size: int, mode: str) -> np.ndarray:
+#: What Pillow raises on a file it cannot decode (not an image, truncated, a bad header, ...).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
+
+
+def unreadable(path: Path, exc: BaseException) -> DataError:
+    """The one message for an image that does not decode: the file, the reason and the fixes."""
+    return DataError(f"cannot decode the image {path} ({type(exc).__name__}: {exc}); remove or replace it, or set "
+                     "data.bad_images=skip to leave unreadable files out of the run (they are counted and named).")
+
+
+def open_image(path: Path, mode: str):
+    """The image at ``path``, fully decoded and converted to ``mode`` ("RGB" or "L")."""
     image_module = _pillow()
     try:
         with image_module.open(path) as image:
-            image = image.convert(mode)
-            if image.size != (size, size):
-                image = image.resize((size, size), image_module.Resampling.BILINEAR)
-            array = np.asarray(image, dtype=np.uint8)
-    except OSError as exc:
-        raise DataError(f"cannot decode the image {path} ({exc}); remove or replace it.") from exc
+            image.load()
+            return image.convert(mode)
+    except DECODE_ERRORS as exc:
+        raise unreadable(path, exc) from exc
+
+
+def decode_one(path: Path, size: int, mode: str) -> np.ndarray:
+    """uint8 ``[C, size, size]`` of the image at ``path``, converted to ``mode`` and resized bilinearly."""
+    image_module = _pillow()
+    image = open_image(path, mode)
+    if image.size != (size, size):
+        image = image.resize((size, size), image_module.Resampling.BILINEAR)
+    array = np.asarray(image, dtype=np.uint8)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+_decode_one = decode_one
 
 
 def decode_images(paths: list[Path], size: int, grayscale: bool = False) -> np.ndarray:

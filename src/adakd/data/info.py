@@ -13,7 +13,9 @@ class DatasetInfo:
     augmentation: a random ``image_size`` crop of the image zero-padded by ``crop_padding`` on
     each side, and a random horizontal flip. Defaults: padding 4 for 32x32 (the CIFAR recipe),
     2 for 28x28 (Fashion-)MNIST, ``image_size // 8`` for image folders; flip everywhere except
-    MNIST (mirrored digits are other symbols).
+    MNIST (mirrored digits are other symbols). ``recipe`` is the default augmentation recipe:
+    ``pad_crop_flip`` (the above) or ``imagenet`` (RandomResizedCrop + flip; Resize + CenterCrop to
+    evaluate; streamed from the original files, see :mod:`adakd.data.transforms`).
     """
 
     name: str
@@ -25,6 +27,7 @@ class DatasetInfo:
     class_names: tuple[str, ...]
     crop_padding: int = 4
     flip: bool = True
+    recipe: str = "pad_crop_flip"
 
     def __post_init__(self) -> None:
         if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:

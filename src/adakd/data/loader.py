@@ -8,15 +8,15 @@ with exactly the batch that would have come next.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from .augment import crop_and_flip, normalization, normalize
+from .order import EpochPosition, epoch_order, epoch_seed
 
 
 class Batch(NamedTuple):
@@ -28,10 +28,7 @@ class Batch(NamedTuple):
     index: Tensor
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """A well-mixed 63-bit seed for ``(seed, epoch)``."""
-    state = np.random.SeedSequence([seed % 2**64, epoch % 2**64]).generate_state(1, np.uint64)[0]
-    return int(state) >> 1
+_epoch_seed = epoch_seed  # the name older callers import
 
 
 def _as_tensor(array: Any, dtype: torch.dtype) -> Tensor:
@@ -43,7 +40,7 @@ def _as_tensor(array: Any, dtype: torch.dtype) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
 
 
-class DeviceLoader:
+class DeviceLoader(EpochPosition):
     """Batches of a device-resident uint8 dataset with random crop + flip + normalisation.
 
     Training (``shuffle=True``): every epoch is a permutation drawn from ``(seed, epoch)``;
@@ -98,63 +95,19 @@ class DeviceLoader:
         self.position = 0
         self._plan_cache: tuple[int, tuple[Tensor, Tensor | None, Tensor | None]] | None = None
 
-    # -- sizes -------------------------------------------------------------------------------
     @property
     def num_rows(self) -> int:
         """Samples in the whole dataset (all ranks)."""
         return int(self.images.shape[0])
-
-    @property
-    def num_samples(self) -> int:
-        """Samples this rank sees per epoch (before ``drop_last`` cuts the last partial batch)."""
-        n, w = self.num_rows, self.world_size
-        if w == 1:
-            return n
-        if self.drop_last:
-            return n // w
-        if self.shuffle:
-            return math.ceil(n / w)
-        return len(range(self.rank, n, w))
-
-    def __len__(self) -> int:
-        m = self.num_samples
-        return m // self.batch_size if self.drop_last else math.ceil(m / self.batch_size)
-
-    # -- state ---------------------------------------------------------------------------------
-    def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` from its first batch."""
-        self.epoch = int(epoch)
-        self.position = 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "num_rows": self.num_rows,
-                "batch_size": self.batch_size, "world_size": self.world_size}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        ours = self.state_dict()
-        for key in ("seed", "num_rows", "batch_size", "world_size"):
-            if key in state and state[key] != ours[key]:
-                raise CheckpointError(
-                    f"the saved data-loader state has {key}={state[key]}, this run has {ours[key]}: resume with "
-                    "the same data settings, seed and number of processes (or start a fresh run).")
-        position = int(state["position"])
-        if not 0 <= position <= len(self):
-            raise CheckpointError(f"the saved data-loader position {position} is outside [0, {len(self)}].")
-        self.epoch, self.position = int(state["epoch"]), position
 
     # -- iteration ---------------------------------------------------------------------------
     def _plan(self, epoch: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """This rank's row order and augmentation draws for ``epoch`` (on the device)."""
         if self._plan_cache is not None and self._plan_cache[0] == epoch:
             return self._plan_cache[1]
-        n, w = self.num_rows, self.world_size
-        gen = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
-        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        if w > 1 and self.drop_last:
-            order = order[: (n // w) * w]
-        elif w > 1 and self.shuffle:
-            total = math.ceil(n / w) * w
-            order = order.repeat(math.ceil(total / n))[:total]
+        w = self.world_size
+        order, gen = epoch_order(self.num_rows, self.seed, epoch, shuffle=self.shuffle, world_size=w,
+                                 drop_last=self.drop_last)
         offsets = flips = None
         if self.crop_padding > 0:
             offsets = torch.randint(0, 2 * self.crop_padding + 1, (order.numel(), 2), generator=gen)

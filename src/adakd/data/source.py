@@ -2,7 +2,8 @@
 
 A reader is constructed with ``root``, ``download``, ``image_size`` and its own options, exposes
 :class:`DatasetInfo` as ``info``, and returns a whole split as in-memory arrays:
-``images`` uint8 ``[N, C, H, W]`` and ``labels`` int64 ``[N]``.
+``images`` uint8 ``[N, C, H, W]`` and ``labels`` int64 ``[N]`` (``load``), or as samples that the
+stream pipeline decodes on demand (``samples``; by default the loaded arrays).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from .info import DatasetInfo
 from .roots import resolve_root
+from .samples import ArraySamples, FileSamples
 
 SPLITS = ("train", "test")
 
@@ -44,6 +46,10 @@ class DatasetSource(ABC):
     @abstractmethod
     def _load(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Read ``split`` ("train" or "test")."""
+
+    def samples(self, split: str) -> ArraySamples | FileSamples:
+        """``split`` as samples, not necessarily decoded (file readers override this to list files)."""
+        return ArraySamples(*self.load(split))
 
     def load(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """The whole ``split`` as (uint8 images ``[N, C, H, W]``, int64 labels ``[N]``)."""

@@ -10,6 +10,7 @@ from ..registry import DATASETS
 from .image_files import decode_images, is_image
 from .info import DatasetInfo
 from .roots import root_hint
+from .samples import FileSamples
 from .source import DatasetSource
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -87,8 +88,13 @@ class TinyImageNet(DatasetSource):
             labels.append(index[fields[1]])
         return paths, labels
 
-    def _load(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+    def samples(self, split: str) -> FileSamples:
+        """``split`` as files, decoded on demand (the stream pipeline)."""
         paths, labels = self._train_listing() if split == "train" else self._val_listing()
         if not paths:
             raise DataError(f"Tiny-ImageNet {split}: no images found under {self.folder}.")
-        return decode_images(paths, self.size), np.asarray(labels, dtype=np.int64)
+        return FileSamples(paths, np.asarray(labels, dtype=np.int64), self.size)
+
+    def _load(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        files = self.samples(split)
+        return decode_images(files.paths, self.size), files.labels
