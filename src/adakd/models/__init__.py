@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from ..registry import MODELS
 # importing the family modules registers their models
 from . import mobilenetv1, mobilenetv2, resnet_bottleneck, resnet_cifar, shufflenetv1, shufflenetv2, vgg, wrn  # noqa: F401
-from . import torchvision_adapter  # noqa: F401  (tv_resnet*: torchvision imported lazily)
+from . import timm_adapter, torchvision_adapter  # noqa: F401  (tv:*, timm:*: imported lazily when built)
 from .contract import ContractModel, Features, FeatureShapes
 from .hooked import HookedModel
 
@@ -21,8 +21,15 @@ __all__ = ["ContractModel", "Features", "FeatureShapes", "HookedModel", "build_m
 _COMMON = ("num_classes", "in_channels", "image_size")
 
 
+def register_on_use(name: str) -> None:
+    """``timm:<name>`` outside the registered list: register it now (timm checks the name when it builds)."""
+    if name.startswith(timm_adapter.PREFIX) and name not in MODELS and len(name) > len(timm_adapter.PREFIX):
+        timm_adapter.register(name[len(timm_adapter.PREFIX):])
+
+
 def model_options(name: str) -> dict[str, Any]:
     """The extra keyword options a registered model accepts, with their defaults."""
+    register_on_use(name)
     params = inspect.signature(MODELS.get(name).factory).parameters
     return {p.name: (None if p.default is inspect.Parameter.empty else p.default)
             for p in params.values()
@@ -33,6 +40,7 @@ def build_model(name: str, num_classes: int = 100, in_channels: int = 3, image_s
                 **kwargs: Any) -> ContractModel:
     """Build the registered model ``name`` for ``num_classes`` classes and ``in_channels`` x
     ``image_size`` x ``image_size`` inputs; ``kwargs`` are the model's own options (e.g. ``widths``)."""
+    register_on_use(name)
     entry = MODELS.get(name)  # ConfigError with the closest name for unknown models
     for key, value in (("num_classes", num_classes), ("in_channels", in_channels), ("image_size", image_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -149,3 +149,83 @@ class HookedModel(ContractModel):
 
     def stage_unit_range(self, k: int) -> tuple[int, int]:
         raise ConfigError(_NO_UNITS.format(what="stage_unit_range"))
+
+
+# --------------------------------------------------------------------------- a foreign chain
+
+_PREFIX = "module."
+
+
+def _strip_prefix(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """state_dict post-hook: ``<prefix>module.X`` -> ``<prefix>X`` (the wrapped library's own names)."""
+    inner = prefix + _PREFIX
+    for key in [k for k in state_dict if k.startswith(inner)]:
+        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
+    metadata = getattr(state_dict, "_metadata", None)
+    if metadata is not None:
+        metadata.pop(inner[:-1], None)
+        for key in [k for k in metadata if k.startswith(inner)]:
+            metadata[prefix + key[len(inner):]] = metadata.pop(key)
+
+
+def _add_prefix(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """load_state_dict pre-hook: ``<prefix>X`` -> ``<prefix>module.X`` unless already prefixed."""
+    inner = prefix + _PREFIX
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(inner)]:
+        state_dict[inner + key[len(prefix):]] = state_dict.pop(key)
+
+
+def downsamples(unit: nn.Module) -> bool:
+    """Whether ``unit`` holds a convolution or pooling with a stride > 1 (it lowers the resolution)."""
+    for m in unit.modules():
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            stride = m.stride if isinstance(m.stride, (tuple, list)) else (m.stride,)
+            if any(int(s) > 1 for s in stride):
+                return True
+    return False
+
+
+def resolution_stage_ends(units: Sequence[nn.Module]) -> list[int]:
+    """Stage ends by resolution: the stem (0), every unit followed by a downsampling unit, the last unit."""
+    last = len(units) - 1
+    return [0] + [i for i in range(1, last + 1) if i == last or downsamples(units[i + 1])]
+
+
+def even_stage_ends(num_blocks: int, num_stages: int = 4) -> list[int]:
+    """Stage ends for a model that never downsamples (ViT): ``num_stages`` equal groups of blocks."""
+    num_stages = max(1, min(num_stages, num_blocks))
+    return [0] + sorted({round(num_blocks * (k + 1) / num_stages) for k in range(num_stages)})
+
+
+class ChainAdapter(ContractModel):
+    """The full contract for a foreign module whose forward is a chain: stem, blocks, then a head.
+
+    ``stem``, ``blocks``, ``embed`` and ``classifier`` are (views of) the wrapped module's own submodules
+    (modules, not functions, so that ``copy.deepcopy`` maps them onto the copy); ``embed`` maps the last
+    block's output to the pooled embedding (flattened) and ``classifier`` that to the logits, so that
+    ``classifier(embed(blocks[-1](...blocks[0](stem(x)))))`` is ``module(x)`` (the vision tests check
+    this for every family). ``forward`` is the wrapped module's own forward; ``forward_features``,
+    ``run_units``, ``head`` and ``blocks`` come from :class:`ContractModel`, so SAKD and ABL work.
+    The state dict uses the wrapped module's own key names (a library weight file loads as is).
+    """
+
+    def __init__(self, module: nn.Module, stem: nn.Module, blocks: Sequence[nn.Module],
+                 embed: nn.Module, classifier: nn.Module, input_shape: Sequence[int], family: str,
+                 stage_ends: Sequence[int] | None = None) -> None:
+        super().__init__()
+        self.module = module
+        # views, not children: the parameters live (and are saved once) under the wrapped module's names
+        object.__setattr__(self, "units", nn.ModuleList([stem, *blocks]))
+        object.__setattr__(self, "fc", classifier)
+        object.__setattr__(self, "embed_module", embed)
+        self.stage_ends = list(stage_ends) if stage_ends is not None else resolution_stage_ends(self.units)
+        self.family = family
+        self.input_shape = tuple(int(v) for v in input_shape)  # type: ignore[assignment]
+        self.register_state_dict_post_hook(_strip_prefix)
+        self.register_load_state_dict_pre_hook(_add_prefix)
+
+    def embed(self, h: Tensor) -> Tensor:
+        return torch.flatten(self.embed_module(h), 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _first_tensor(self.module(x), "the wrapped module")
