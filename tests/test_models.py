@@ -469,3 +469,24 @@ def test_hooked_model_errors():
     skipping = HookedModel(Skips(), ["a", "unused"], None, "a")
     with pytest.raises(ShapeError, match="never called"):
         skipping.forward_features(torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("name, linear_std, linear_bias_zero", [
+    ("vgg8", 0.01, True), ("MobileNetV2", 0.01, True), ("wrn_16_2", None, True), ("resnet56", None, False)])
+def test_shared_init_follows_each_familys_scheme(name, linear_std, linear_bias_zero):
+    """models/init.py: Kaiming fan-out convs (zero bias), BN 1/0, and the family's classifier rule."""
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=100, in_channels=3, image_size=32)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.weight.numel() >= 4096]
+    for conv in convs:
+        fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        assert conv.weight.std().item() == pytest.approx((2.0 / fan_out) ** 0.5, rel=0.1)
+        assert conv.bias is None or not conv.bias.any()
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        assert bool((bn.weight == 1).all()) and not bn.bias.any()
+    fc = model.fc
+    if linear_std is not None:
+        assert fc.weight.std().item() == pytest.approx(linear_std, rel=0.1)
+    else:  # PyTorch's default: uniform(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        assert fc.weight.abs().max().item() <= fc.in_features ** -0.5
+    assert (not fc.bias.any()) == linear_bias_zero

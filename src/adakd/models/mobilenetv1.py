@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..registry import MODELS
 from .contract import ContractModel
-from .resnet_cifar import ConvBNReLU, init_kaiming
+from .init import init_weights
+from .resnet_cifar import ConvBNReLU
 
 PAPER = ("Howard et al., MobileNets: Efficient Convolutional Neural Networks for Mobile Vision "
          "Applications, arXiv 2017")
@@ -74,7 +75,7 @@ class MobileNetV1(ContractModel):
         self.stage_ends = list(STAGE_ENDS)
         self.fc = nn.Linear(c, num_classes)
         self.input_shape = (in_channels, image_size, image_size)
-        init_kaiming(self)
+        init_weights(self)
 
     def preact_bns(self) -> list[nn.Module | None]:
         return [self.units[0].bn] + [self.units[e].bn2 for e in self.stage_ends[1:]]

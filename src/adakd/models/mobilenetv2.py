@@ -17,12 +17,12 @@ Sandler, Howard, Zhu, Zhmoginov, Chen, "MobileNetV2: Inverted Residuals and Line
 """
 from __future__ import annotations
 
-import math
 
 from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..registry import MODELS
+from .init import init_weights
 from .contract import ContractModel
 from .resnet_cifar import ConvBNReLU
 
@@ -88,19 +88,7 @@ class MobileNetV2(ContractModel):
         self.conv2 = ConvBNReLU(c, self.last_channel, 1)
         self.fc = nn.Linear(self.last_channel, num_classes)
         self.input_shape = (in_channels, image_size, image_size)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self, linear_std=0.01, zero_linear_bias=True)
 
     def embed(self, h: Tensor) -> Tensor:
         """1x1 conv-BN-ReLU to 1280 channels, then global average pool -> [B, 1280]."""

@@ -18,7 +18,8 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..registry import MODELS
 from .contract import ContractModel
-from .resnet_cifar import PAPER, ConvBNReLU, init_kaiming, projection_shortcut
+from .init import init_weights
+from .resnet_cifar import PAPER, ConvBNReLU, projection_shortcut
 
 
 class Bottleneck(nn.Module):
@@ -76,7 +77,7 @@ class BottleneckResNet(ContractModel):
         self.stage_ends = stage_ends
         self.fc = nn.Linear(in_planes, num_classes)
         self.input_shape = (in_channels, image_size, image_size)
-        init_kaiming(self)
+        init_weights(self)
 
     def preact_bns(self) -> list[nn.Module | None]:
         # The last block's bn3 (its pre-activation is bn3 + shortcut), as RepDistiller's get_bn_before_relu.

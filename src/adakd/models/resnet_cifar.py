@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..registry import MODELS
+from .init import init_weights
 from .contract import ContractModel
 
 PAPER = "He, Zhang, Ren, Sun, Deep Residual Learning for Image Recognition, CVPR 2016"
@@ -87,16 +88,6 @@ class BasicBlock(nn.Module):
         return F.relu(self._sum(x), inplace=True)
 
 
-def init_kaiming(model: nn.Module) -> None:
-    """Kaiming-normal (fan_out) convs, BN weight 1 / bias 0 (the RepDistiller ResNet init)."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-            nn.init.constant_(m.weight, 1)
-            nn.init.constant_(m.bias, 0)
-
-
 def resolve_widths(widths: Sequence[int] | None, default: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
     """``widths`` as (stem, stage1, stage2, stage3); a 3-tuple means the stem has the first stage's width."""
     if widths is None:
@@ -139,7 +130,7 @@ class CifarResNet(ContractModel):
         self.fc = nn.Linear(in_planes, num_classes)
         self.input_shape = (in_channels, image_size, image_size)
         self.depth = depth
-        init_kaiming(self)
+        init_weights(self)
 
     def preact_bns(self) -> list[nn.Module | None]:
         # Stages after the stem: the last block's bn2 (its pre-activation is bn2 + shortcut;

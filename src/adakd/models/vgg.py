@@ -16,13 +16,13 @@ Simonyan, Zisserman, "Very Deep Convolutional Networks for Large-Scale Image Rec
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 from torch import Tensor, nn
 
 from ..errors import ShapeError
 from ..registry import MODELS
+from .init import init_weights
 from .contract import ContractModel
 from .resnet_cifar import ConvBNReLU
 
@@ -77,21 +77,7 @@ class VGG(ContractModel):
         self.stage_ends = stage_ends
         self.fc = nn.Linear(c, num_classes)
         self.input_shape = (in_channels, image_size, image_size)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self, linear_std=0.01, zero_linear_bias=True)
 
     def preact_bns(self) -> list[nn.Module | None]:
         return [self.units[0][-1].bn] + [self.units[e].bn for e in self.stage_ends[1:]]

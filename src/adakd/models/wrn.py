@@ -22,13 +22,13 @@ Zagoruyko, Komodakis, "Wide Residual Networks", BMVC 2016.
 """
 from __future__ import annotations
 
-import math
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..registry import MODELS
+from .init import init_weights
 from .contract import ContractModel
 
 PAPER = "Zagoruyko, Komodakis, Wide Residual Networks, BMVC 2016"
@@ -115,18 +115,7 @@ class WideResNet(ContractModel):
         self.stage_ends = stage_ends
         self.fc = nn.Linear(in_planes, num_classes)
         self.input_shape = (in_channels, image_size, image_size)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_weights(self, zero_linear_bias=True)
 
     def preact_bns(self) -> list[nn.Module | None]:
         return [None] + [self.units[e].post_bn for e in self.stage_ends[1:]]
