@@ -215,3 +215,63 @@ def test_budget_forms():
 def test_imagenet_recipe_needs_files():
     with pytest.raises(ConfigError, match="pad_crop_flip"):
         collect(stream(ArraySamples(*arrays()), recipe=ImageNetTrain(6), batch_size=2, shuffle=True))
+
+
+# ----------------------------------------------------------------------------- formats
+def write_tiny_imagenet(root: Path, per_class: int = 4, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    folder = root / "tiny-imagenet-200"
+    wnids = ("n02", "n01", "n03")
+    (folder / "val" / "images").mkdir(parents=True)
+    (folder / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    notes = []
+    for k, wnid in enumerate(wnids):
+        (folder / "train" / wnid / "images").mkdir(parents=True)
+        for i in range(per_class):
+            PIL.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+                folder / "train" / wnid / "images" / f"{wnid}_{i}.JPEG")
+        PIL.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / "val" / "images" / f"val_{k}.JPEG")
+        notes.append(f"val_{k}.JPEG\t{wnid}\t0\t0\t63\t63")
+    (folder / "val" / "val_annotations.txt").write_text("\n".join(notes) + "\n")
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_tiny_imagenet_streams_like_the_device_path(tmp_path, augment):
+    """Without augmentation the two paths are bitwise equal; with it, the streamed batches are the device
+    path's rows with the crop + flip of their own per-sample draws."""
+    write_tiny_imagenet(tmp_path)
+    common = dict(name="tiny_imagenet", root=str(tmp_path), batch_size=4, eval_batch_size=3, augment=augment,
+                  num_workers=0)
+    device = build_data(DataConfig(pipeline="device", **common), "cpu", seed=4, log=None)
+    streamed = build_data(DataConfig(pipeline="stream", **common), "cpu", seed=4, log=None)
+    a, b = collect(device.train), collect(streamed.train)
+    assert [x.index.tolist() for x in a] == [x.index.tolist() for x in b]
+    assert same(a, b) != augment  # augmented: same rows, different (per-sample) draws
+    assert same(collect(device.test), collect(streamed.test))
+    assert streamed.train.train_recipe == (PadCropFlip(8, True) if augment else SquareResize())
+
+
+def test_imagenet_flat_val_ground_truth_files(tmp_path):
+    from adakd.data import open_dataset
+
+    root = tmp_path / "imagenet"
+    for wnid in ("n01", "n02"):
+        (root / "train" / wnid).mkdir(parents=True)
+        PIL.new("RGB", (30, 20), (9, 9, 9)).save(root / "train" / wnid / "a.JPEG")
+    (root / "val").mkdir()
+    for i in (1, 2, 3):
+        PIL.new("RGB", (20, 30), (i, i, i)).save(root / "val" / f"ILSVRC2012_val_{i:08d}.JPEG")
+    with pytest.raises(DataError, match="LOC_val_solution.csv"):
+        open_dataset("image_folder", root, image_size=16).samples("test")
+    (root / "imagenet_2012_validation_synset_labels.txt").write_text("n02\nn01\nn02\n")
+    assert open_dataset("image_folder", root, image_size=16).samples("test").labels.tolist() == [1, 0, 1]
+    (root / "mine.txt").write_text("ILSVRC2012_val_00000001 n01\nILSVRC2012_val_00000002 n01\n"
+                                   "ILSVRC2012_val_00000003.JPEG n02\n")
+    assert open_dataset("image_folder", root, image_size=16, val_labels="mine.txt").samples("test").labels.tolist() \
+        == [0, 0, 1]
+    (root / "ids.txt").write_text("490\n361\n171\n")
+    with pytest.raises(DataError, match="numeric class ids"):
+        open_dataset("image_folder", root, image_size=16, val_labels="ids.txt").samples("test")
+    (root / "short.txt").write_text("n01\n")
+    with pytest.raises(DataError, match="1 labels for 3 images"):
+        open_dataset("image_folder", root, image_size=16, val_labels="short.txt").samples("test")
