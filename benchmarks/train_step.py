@@ -3,6 +3,8 @@
     python benchmarks/train_step.py                       # KD resnet32x4 -> resnet8x4, batch 64 and 128
     python benchmarks/train_step.py --adaptive            # + SAKD / ABL (search, retrain) over KD, AEKT over DKD
     python benchmarks/train_step.py --threads 1 2 --repeats 9 --out benchmarks/results
+    python benchmarks/train_step.py --zoo --batch-size 64   # every distiller of the zoo, eager vs fast
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/train_step.py ...   # as an AVX2-only CPU
 
 Runs ``adakd bench`` (adakd.bench.run_bench) for each thread count given, prints its tables and
 writes one JSON per run into ``--out``. The KD table has the eager baseline, the fast path the
@@ -20,7 +22,24 @@ import argparse
 import time
 from pathlib import Path
 
-from adakd.bench import SUITES, BenchSettings, format_table, progress_log, run_bench, write_json
+from adakd.bench import SUITES, BenchCase, BenchSettings, format_table, progress_log, run_bench, write_json
+from adakd.registry import DISTILLERS
+
+#: Distillers that need equal stage widths, which resnet32x4 -> resnet8x4 does not have (a ShapeError).
+NEEDS_EQUAL_WIDTHS = {"fsp"}
+
+
+def zoo_cases() -> list[BenchCase]:
+    """One case per registered distiller (CRD: its CIFAR recipe with KD; FT/AB/FSP: the main stage)."""
+    import adakd.losses  # noqa: F401  (registers the distillers)
+
+    cases = []
+    for name in DISTILLERS.names():
+        if name in NEEDS_EQUAL_WIDTHS or name.startswith("user_"):
+            continue
+        losses = {"crd": {"num_negatives": 4096}, "kd": {}} if name == "crd" else {name: {}}
+        cases.append(BenchCase(name if name != "crd" else "crd+kd", losses=losses))
+    return cases
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,6 +53,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", action="store_true", help="also compile the fast path (minutes on CPU)")
     parser.add_argument("--adaptive", action="store_true", help="also the adaptive-strategy overhead suite (fast path)")
+    parser.add_argument("--zoo", action="store_true",
+                        help="every distiller of the zoo (one case each, the first batch size) instead of KD alone")
     parser.add_argument("--no-candidates", dest="candidates", action="store_false",
                         help="time the probe's pick only, not every precision x memory format beside it")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
@@ -43,9 +64,11 @@ def main() -> None:
         settings = BenchSettings(batch_sizes=args.batch_size, threads=threads or None, repeats=args.repeats,
                                  warmup=args.warmup, device=args.device, compile=args.compile,
                                  candidates=args.candidates)
-        result = run_bench(settings, SUITES["kd"], log=progress_log)
+        if args.zoo:
+            settings.batch_sizes = [args.batch_size[0]]
+        result = run_bench(settings, zoo_cases() if args.zoo else SUITES["kd"], log=progress_log)
         print(format_table(result), "\n", flush=True)
-        write_json(result, args.out / f"kd-{stamp}-t{threads}.json")
+        write_json(result, args.out / f"{'zoo' if args.zoo else 'kd'}-{stamp}-t{threads}.json")
         if args.adaptive:
             settings.paths = ("fast",)  # the probe's pick, per case
             settings.candidates = False

@@ -265,3 +265,21 @@ def test_inductor_compile_of_a_one_layer_model(tmp_path):
         pytest.skip("inductor compile of a 1-layer model took over 45 s on this machine")
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.strip().splitlines()[-1]) < 1e-5
+
+
+def test_a_capped_instruction_set_is_recorded_and_keys_the_probe(monkeypatch):
+    """ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA make this CPU time like another: the bench says so and the
+    fast-path probe's cache key (the device model) tells the two apart."""
+    from adakd.bench import _cpu_text, environment
+    from adakd.engine.device import device_model
+
+    cpu = torch.device("cpu")
+    for key in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(key, raising=False)
+    plain_model, plain_env = device_model(cpu), environment(cpu)
+    assert plain_env["isa_limits"] == {} and "capped" not in _cpu_text(plain_env)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    capped_env = environment(cpu)
+    assert capped_env["isa_limits"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert "instruction set capped: ONEDNN_MAX_CPU_ISA=AVX2" in _cpu_text(capped_env)
+    assert device_model(cpu) != plain_model

@@ -431,6 +431,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     """The machine and the load it was under (the numbers are only comparable on the same one)."""
     cpu = cpu_info()
     env: dict[str, Any] = {"cpu": cpu["model"], "cpu_flags": cpu["flags"], "cpu_capability": cpu["capability"],
+                           "isa_limits": cpu["isa_limits"],
                            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                            "torch": torch.__version__, "python": platform.python_version(), "device": str(device),
                            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -598,7 +599,9 @@ def _cpu_text(env: dict[str, Any]) -> str:
         return env["cpu"]
     have = [f for f in ("avx512_bf16", "avx512f", "avx2") if flags.get(f)]
     amx = "AMX bf16" if flags.get("amx_bf16") else "no AMX"
-    return f"{env['cpu']}; {env.get('cpu_capability')}, {', '.join(have + [amx])}"
+    limits = env.get("isa_limits") or {}
+    capped = f"; instruction set capped: {', '.join(f'{k}={v}' for k, v in sorted(limits.items()))}" if limits else ""
+    return f"{env['cpu']}; {env.get('cpu_capability')}, {', '.join(have + [amx])}{capped}"
 
 
 def _auto(value: Any) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,18 @@ def cpu_info() -> dict[str, Any]:
     CPU it came from means nothing."""
     model, flags = _cpuinfo()
     return {"model": model, "flags": {f: f in flags for f in CPU_FLAGS},
-            "capability": torch.backends.cpu.get_cpu_capability()}
+            "capability": torch.backends.cpu.get_cpu_capability(), "isa_limits": isa_limits()}
+
+
+#: Environment variables that cap the instruction set PyTorch's kernels use (ATen's dispatch and oneDNN's
+#: convolutions / matmuls): e.g. ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 makes an AVX-512 CPU
+#: run as an AVX2-only one (no AVX-512, no avx512_bf16).
+ISA_LIMIT_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
+def isa_limits() -> dict[str, str]:
+    """The instruction-set caps set in this process's environment (empty when none)."""
+    return {k: os.environ[k] for k in ISA_LIMIT_ENV if os.environ.get(k)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -69,7 +81,10 @@ def device_model(device: torch.device) -> str:
     """What the device is, for cache keys and reports: the GPU's name, or the CPU's model name."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return _cpuinfo()[0] if device.type == "cpu" else device.type
+    if device.type != "cpu":
+        return device.type
+    limits = isa_limits()  # a capped instruction set is another machine for timing purposes
+    return _cpuinfo()[0] + (" [" + ", ".join(f"{k}={v}" for k, v in sorted(limits.items())) + "]" if limits else "")
 
 
 def bf16_supported(device: torch.device) -> bool:
