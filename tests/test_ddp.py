@@ -191,7 +191,8 @@ def test_two_nodes_resume_a_one_process_checkpoint(tmp_path, fmnist_root, refere
     cfg.write_text(yaml.safe_dump(tiny(fmnist_root, run_dir)))
     port = str(free_port())
     nodes = [torchrun(["--nnodes", "2", "--node_rank", str(r), "--nproc_per_node", "1", "--master_addr", "127.0.0.1",
-                       "--master_port", port], cfg, "data.batch_size=16", "--resume") for r in (0, 1)]
+                       "--master_port", port], cfg, "data.batch_size=16", "--resume", "--allow-changes", "data.batch_size")
+             for r in (0, 1)]
     outs = [finish(p) for p in nodes]
     assert "resuming" in outs[0]
     assert_close_weights(weights(reference), weights(run_dir))

@@ -166,7 +166,7 @@ def test_user_errors(kd_run, tmp_path):
 def test_missing_optional_package(kd_run, tmp_path, monkeypatch, fmt, modules, extra):
     for name in modules:
         monkeypatch.setitem(sys.modules, name, None)  # import -> ImportError
-    with pytest.raises(AdakdError, match=rf"pip install 'adakd\[{extra}\]'"):
+    with pytest.raises(AdakdError, match=rf"pip install -c constraints.txt 'adakd\[{extra}\]'"):
         export_student(kd_run, fmt, out=tmp_path / f"x.{fmt}")
     assert not any(tmp_path.iterdir())  # nothing half-written
 

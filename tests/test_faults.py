@@ -262,7 +262,8 @@ def test_bad_checkpoints_and_full_disk_via_subprocess(tmp_path, fmnist_root, ref
     shutil.copytree(ref_dir, run)
     last = run / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[:3000])
-    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name not in ("config.yaml", ".lock")}
+    (run / "checkpoints" / "last.prev.pt").unlink()  # no previous good checkpoint to fall back to
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name not in ("train.log", ".lock")}
     kd = tiny(fmnist_root, tmp_path / "teacher-run")
     kd.update(teacher={"name": "resnet8", "checkpoint": str(ref_dir / "checkpoints" / "student.pt")},
               losses={"kd": {}})  # the widths-8/16/16 student as the teacher of a default resnet8
@@ -278,8 +279,9 @@ def test_bad_checkpoints_and_full_disk_via_subprocess(tmp_path, fmnist_root, ref
     for name, proc in procs.items():
         _, err = proc.communicate(timeout=240)
         _check_one_message(name, proc.returncode, err, cases[name][2])
-    for path, data in before.items():  # the failed resume overwrote nothing
+    for path, data in before.items():  # the failed resume overwrote nothing (config.yaml included)
         assert path.read_bytes() == data, path
+    assert "error: " in (run / "train.log").read_text().splitlines()[-1]  # the log says why it stopped
     assert not (tmp_path / "full-run" / "checkpoints" / "last.pt").exists()
     assert not list((tmp_path / "full-run" / "checkpoints").glob(".*.tmp"))  # no half-written leftovers
 

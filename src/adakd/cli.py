@@ -18,25 +18,36 @@ import errno
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import AdakdError
+from .errors import AdakdError, ConfigError
 
 LIST_KINDS = ("models", "distillers", "strategies", "datasets")
 #: OSError numbers that mean "the output location cannot take more writes" (reported without a traceback).
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.ENOTDIR}
 
 
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adakd", description="Knowledge distillation for PyTorch (ABL, SAKD, AEKT "
                                      "and the classic losses).")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"adakd {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="train, eval, plot, export, bench, list, sweep, report (adakd COMMAND -h)")
 
     p = sub.add_parser("train", help="train a teacher or distil a student from a config")
     p.add_argument("config", help="YAML config (e.g. configs/fashion_mnist/kd.yaml)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. seed=1 train.epochs=3 data.root=~/data")
     p.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    p.add_argument("--allow-changes", nargs="+", default=[], metavar="KEY",
+                   help="with --resume: config keys that may differ from the run's own (e.g. train.epochs)")
     p.add_argument("--dry-run", action="store_true", help="validate the config and print it; train nothing")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -51,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="curves and method plots (ABL gammas, SAKD routing, AEKT relations) of a run; "
                        "with several runs, their curves on one figure")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", default=None, help="output folder (default RUN_DIR/plots; for several runs ./plots-compare)")
+    p.add_argument("--out", default=None, help="output folder (default RUN_DIR/plots; for several runs "
+                   "plots-compare/ in the folder that holds them)")
     p.add_argument("--analysis", action="store_true",
                    help="also compute the teacher-vs-student logit-correlation difference (reads the test split)")
     p.add_argument("--which", choices=["final", "best"], default="final", help="student checkpoint for --analysis")
@@ -123,7 +135,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(dump_config(cfg), end="")
         print("config OK", file=sys.stderr)
         return 0
-    summary = train(cfg)
+    if args.allow_changes and not args.resume:
+        raise ConfigError("--allow-changes only applies with --resume.")
+    summary = train(cfg, allow_changes=tuple(args.allow_changes))
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
@@ -156,13 +170,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
     else:
         from .report.compare_plots import plot_compare
 
-        paths = plot_compare(args.run_dirs, args.out or "plots-compare")
+        paths = plot_compare(args.run_dirs, args.out or _common_parent(args.run_dirs) / "plots-compare")
         if args.analysis:
             for run_dir in args.run_dirs:
                 paths += plot_run(run_dir)
     for path in paths:
         print(path)
     return 0
+
+
+def _common_parent(paths: Sequence[str]) -> Path:
+    """The folder that holds every run of ``paths`` (where a comparison's plots go by default)."""
+    parents = [str(Path(p).expanduser().resolve().parent) for p in paths]
+    return Path(os.path.commonpath(parents))
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -62,6 +62,13 @@ class OptimizerConfig(_Strict):
     #: Multiply lr by (global batch / lr_reference_batch) when set (linear scaling rule for DDP).
     lr_reference_batch: int | None = Field(None, gt=0)
 
+    @field_validator("lr")
+    @classmethod
+    def _lr_fits_float32(cls, value: float) -> float:
+        if value > 3.4e38:  # a step computes in float32: such an lr cannot be applied at all
+            raise ValueError("the lr is beyond float32's range (max 3.4e38); typical values are 0.01-0.1")
+        return value
+
 
 class ScheduleConfig(_Strict):
     """Learning-rate schedule, evaluated per step; epochs may be fractional."""
@@ -74,7 +81,7 @@ class ScheduleConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(240, gt=0)
+    epochs: int = Field(240, gt=0, strict=True)  # strict: `epochs: true` is not 1 epoch
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     #: "bf16" = bfloat16 autocast; "auto" = bf16 where measured faster (CUDA with bf16 support, CPU with AMX).
@@ -87,7 +94,7 @@ class TrainConfig(_Strict):
     compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "auto"
     #: Deterministic algorithms (bitwise-reproducible on CPU).
     deterministic: bool = True
-    eval_every: int = Field(1, gt=0)
+    eval_every: int = Field(1, gt=0, strict=True)
     #: Cap on steps per epoch (quick experiments and tests); None = the whole split.
     max_steps_per_epoch: int | None = Field(None, gt=0)
     #: Also write a resumable checkpoint every N steps inside an epoch (None: at epoch ends only).

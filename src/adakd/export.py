@@ -133,7 +133,8 @@ def _require(module: str, extra: str, what: str) -> Any:
     try:
         return __import__(module, fromlist=["_"])
     except ImportError:
-        raise AdakdError(f"{what} needs the '{module.split('.')[0]}' package: pip install 'adakd[{extra}]'") from None
+        raise AdakdError(f"{what} needs the '{module.split('.')[0]}' package: pip install -c constraints.txt "
+                         f"'adakd[{extra}]' (the constraints file keeps the installed torch)") from None
 
 
 def _close(got: Tensor, ref: Tensor, atol: float, rtol: float) -> tuple[float, float]:

@@ -53,13 +53,17 @@ class Registry:
 
         return decorate
 
+    @property
+    def plural(self) -> str:
+        return self.kind[:-1] + "ies" if self.kind.endswith("y") else self.kind + "s"
+
     def get(self, name: str) -> Entry:
         if name not in self._entries:
             close = difflib.get_close_matches(name, list(self._entries), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(
                 f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(sorted(self._entries))} "
-                f"(see `adakd list {self.kind}s`)."
+                f"(see `adakd list {self.plural}`)."
             )
         return self._entries[name]
 

@@ -20,5 +20,6 @@ def resolve_root(root: str | os.PathLike[str] | None) -> Path:
 
 def root_hint() -> str:
     """A sentence telling the user how to point adakd at their data."""
-    return (f"Set data.root=DIR in the config (or --data-root / the {ENV_VAR} environment variable) "
+    return (f"Set data.root=DIR in the config (on the command line: `adakd train CONFIG data.root=DIR`; "
+            f"`adakd eval`/`plot` take --data-root DIR) or the {ENV_VAR} environment variable "
             "to the folder that holds it.")

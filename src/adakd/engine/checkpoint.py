@@ -3,9 +3,16 @@
 Writes go to a temporary file in the same directory, are fsynced, then renamed
 over the target (``os.replace`` is atomic on POSIX), so a kill at any moment
 leaves either the old or the new checkpoint, never a truncated one.
+
+Reads never run code: every file is opened with ``torch.load(weights_only=True)``
+(tensors, dicts, lists and primitives only), so a crafted pickle is rejected
+before anything in it executes. Our checkpoints carry ``sha256``, a digest of
+their whole payload (:func:`payload_digest`); a file whose digest does not match
+(a flipped bit, an edit) is refused.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tempfile
@@ -31,9 +38,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not exc.filename:  # name the file (a failed write() does not)
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
 
 
@@ -41,12 +50,46 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """torch.save ``payload`` (plus the format marker) atomically."""
+def _digest_into(h: "hashlib._Hash", key: str, value: Any) -> None:
+    h.update(key.encode() + b"\0")
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(value.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(value, dict):
+        h.update(b"D%d" % len(value))
+        for k, v in value.items():
+            _digest_into(h, f"{key}/{k!r}", v)
+    elif isinstance(value, (list, tuple)):
+        h.update(b"L%d" % len(value))
+        for i, v in enumerate(value):
+            _digest_into(h, f"{key}/{i}", v)
+    else:
+        h.update(repr(value).encode())
+
+
+def payload_digest(payload: dict[str, Any]) -> str:
+    """SHA-256 over every tensor's bytes (with dtype and shape) and every other value of ``payload``
+    (except ``sha256`` itself), in order."""
+    h = hashlib.sha256()
+    for key, value in payload.items():
+        if key != "sha256":
+            _digest_into(h, key, value)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any], keep_previous: bool = False) -> None:
+    """torch.save ``payload`` (plus the format marker and its digest) atomically. With ``keep_previous``
+    the file being replaced stays as ``<name>.prev<suffix>`` (the fallback if the new one is damaged)."""
+    path = Path(path)
+    body = {"format": FORMAT, **payload}
+    body["sha256"] = payload_digest(body)
     buffer = io.BytesIO()
-    torch.save({"format": FORMAT, **payload}, buffer)
+    torch.save(body, buffer)
     try:
-        atomic_write_bytes(Path(path), buffer.getvalue())
+        if keep_previous and path.is_file():
+            _keep_previous(path)
+        atomic_write_bytes(path, buffer.getvalue())
     except OSError as exc:
         raise CheckpointError(
             f"could not write checkpoint {path}: {exc.strerror or exc}. "
@@ -54,8 +97,39 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         ) from None
 
 
+def previous_path(path: Path) -> Path:
+    """Where :func:`save_checkpoint` keeps the previous version of ``path`` (``last.pt`` -> ``last.prev.pt``)."""
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def _keep_previous(path: Path) -> None:
+    """Atomically make ``previous_path(path)`` a copy of ``path`` (a hard link where the filesystem allows)."""
+    prev = previous_path(path)
+    tmp = prev.with_name(f".{prev.name}.{os.getpid()}.tmp")
+    try:
+        os.link(path, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, prev)
+
+
+def clean_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove ``.<name>.*.tmp`` files a killed writer left in ``folder``; returns them."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read an adakd checkpoint, or a plain state_dict (wrapped as ``{"model": sd}``)."""
+    """Read an adakd checkpoint, or a plain state_dict (wrapped as ``{"model": sd}``), without running
+    any code from the file; an adakd checkpoint whose digest does not match is refused."""
     path = Path(path)
     if path.is_dir():
         for candidate in ("checkpoints/student.pt", "checkpoints/last.pt", "student.pt", "last.pt"):
@@ -68,13 +142,22 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}. Check the path (run dirs hold checkpoints/).")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated zip, pickle garbage, wrong format
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle garbage, wrong format, a pickle that would run code
+        if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):
+            raise CheckpointError(
+                f"{path} was refused: it holds Python objects other than tensors and plain data (a pickle that "
+                "could run code when loaded). adakd loads only weights; re-save it as a state_dict of tensors "
+                "(or an adakd checkpoint of this version) if you trust its source.") from None
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {str(exc)[:120]}). "
             "It may be truncated or not a checkpoint; use another file (e.g. checkpoints/last.pt)."
         ) from None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        if "sha256" in obj and payload_digest(obj) != obj["sha256"]:
+            raise CheckpointError(f"{path} failed its integrity check (SHA-256 of the payload differs from the "
+                                  "one written with it): the file was damaged or modified. Use another "
+                                  "checkpoint (e.g. checkpoints/last.prev.pt) or rerun.")
         return obj
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return {"format": "state_dict", "model": obj}

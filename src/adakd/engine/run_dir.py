@@ -67,6 +67,14 @@ class RunDirLock:
             self._handle = None
 
 
+class _QuietFileHandler(logging.FileHandler):
+    """A log file whose failed writes (a full disk) do not print logging's traceback: the log is a copy of
+    what is printed, and the write that matters (a checkpoint, a record) reports the error itself."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 class RunDir:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -93,11 +101,13 @@ class RunDir:
         return self.checkpoints / "last.pt"
 
     def create(self) -> None:
+        probe = self.path / ".write_test"
         try:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
-            probe = self.path / ".write_test"
-            probe.write_text("ok")
-            probe.unlink()
+            try:
+                probe.write_text("ok")
+            finally:
+                probe.unlink(missing_ok=True)  # also when the write failed (a full disk): nothing left behind
         except OSError as exc:
             raise AdakdError(
                 f"cannot write to run directory {self.path}: {exc.strerror or exc}. "
@@ -109,10 +119,13 @@ class RunDir:
         atomic_write_text(self.config_path, text)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(_jsonable(record)) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(_jsonable(record)) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:  # name the file (a failed write() does not)
+            raise OSError(exc.errno, exc.strerror, str(self.metrics_path)) from None
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
@@ -144,7 +157,7 @@ class RunDir:
         logger.setLevel(logging.INFO)
         logger.propagate = False
         if not logger.handlers:
-            handler = logging.FileHandler(self.path / "train.log")
+            handler = _QuietFileHandler(self.path / "train.log")
             handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
             logger.addHandler(handler)
         return logger

@@ -10,6 +10,8 @@ continues from ``last.pt`` with ``resume``; SIGTERM/SIGINT save first, then stop
 """
 from __future__ import annotations
 
+import json
+import shutil
 import signal
 import sys
 import time
@@ -20,16 +22,16 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from ..config import RunConfig, dump_config
+from ..config import RunConfig, dump_config, load_raw
 from ..data import build_data
-from ..errors import AdakdError, CheckpointError
+from ..errors import AdakdError, CheckpointError, ConfigError
 from ..losses.base import DistillContext
 from ..losses.build import build_distiller
 from ..models import build_model
 from ..models.contract import ContractModel
-from ..registry import STRATEGIES
+from ..registry import DATASETS, DISTILLERS, MODELS, STRATEGIES
 from ..strategies import Phase, StrategyContext
-from .checkpoint import load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import clean_stale_temporaries, load_checkpoint, load_weights, previous_path, save_checkpoint
 from .device import resolve_device
 from . import distributed as ddp
 from .evaluate import evaluate
@@ -48,7 +50,55 @@ class RunInterrupted(AdakdError):
 
 
 class NonFiniteLoss(AdakdError):
-    """A NaN/inf loss; the last good checkpoint is kept."""
+    """A NaN/inf loss, gradient, parameter or buffer; the last good checkpoint is kept."""
+
+
+class _GradGuard:
+    """Wraps a phase optimiser's ``step`` so that gradients are checked first (largest |g| finite).
+
+    ``skip``: a step with a NaN/inf gradient does not run (one decision for every rank) and ``skipped``
+    is set. Otherwise the step runs and ``bad`` keeps a device flag (no host sync per step); the trainer
+    reads it with the loss, before any checkpoint is written."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, skip: bool) -> None:
+        self.skip = skip
+        self.skipped = False
+        self.bad: Tensor | None = None
+        step = optimizer.step
+
+        def guarded_step(*args: Any, **kwargs: Any) -> Any:
+            grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if grads:
+                largest = torch.nn.utils.get_total_norm(grads, norm_type=float("inf"), foreach=True)
+                if self.skip:
+                    if not ddp.all_finite(largest):
+                        optimizer.zero_grad(set_to_none=True)
+                        self.skipped = True
+                        return None
+                else:
+                    bad = ~torch.isfinite(largest)
+                    self.bad = bad if self.bad is None else self.bad | bad
+            return step(*args, **kwargs)
+
+        optimizer.step = guarded_step  # type: ignore[method-assign]
+
+    def take(self) -> tuple[bool, Tensor | None]:
+        """(skipped, bad flag) since the last call; resets both."""
+        out = (self.skipped, self.bad)
+        self.skipped, self.bad = False, None
+        return out
+
+
+def _batchnorm_stats(modules: list[nn.Module]) -> list[Tensor]:
+    """BatchNorm running statistics (mean, var, count) of ``modules``, each once."""
+    seen: dict[int, Tensor] = {}
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+                for t in (m.running_mean, m.running_var, m.num_batches_tracked):
+                    if t is not None:
+                        seen.setdefault(id(t), t)
+    return list(seen.values())
 
 
 @dataclass
@@ -60,12 +110,14 @@ class EpochAccumulator:
     samples: int = 0
     first_bad_step: Tensor | None = None
 
-    def add(self, terms: dict[str, Tensor], batch_size: int, step: int) -> None:
+    def add(self, terms: dict[str, Tensor], batch_size: int, step: int, bad_grad: Tensor | None = None) -> None:
         for key, value in terms.items():
             value = value.detach()
             self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
         loss = terms["loss"]
         bad = ~torch.isfinite(loss)
+        if bad_grad is not None:
+            bad = bad | bad_grad.to(bad.device)
         marker = torch.where(bad, torch.full_like(loss, float(step)), torch.full_like(loss, -1.0))
         if self.first_bad_step is None:
             self.first_bad_step = marker
@@ -122,6 +174,32 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+#: Keys that may differ on ``--resume`` without making it another run (where things live, how it runs or shows).
+RESUME_IGNORED = ("resume", "progress", "name", "output_dir", "run_dir", "data.root", "device", "train.compile",
+                  "train.compile_mode")
+#: Keys ``--allow-changes`` may name: changing them continues the same run (recorded in ``history.jsonl``).
+#: ``data.batch_size``: the per-process batch of a job resumed with another number of processes (the
+#: loader's state still refuses a position that is not a whole number of the new global batches).
+ALLOWED_CHANGES = ("train.epochs", "train.eval_every", "train.checkpoint_every_steps", "compare_scratch",
+                   "data.batch_size")
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def config_changes(stored: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ between a run's stored config and ``new`` (ignoring RESUME_IGNORED)."""
+    a, b = _flatten(stored), _flatten(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and not any(k == i or k.startswith(i + ".") for i in RESUME_IGNORED)}
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -129,8 +207,12 @@ def count_parameters(model: nn.Module) -> int:
 class Trainer:
     """Runs one config end to end; see the module docstring."""
 
-    def __init__(self, cfg: RunConfig, log: Callable[[str], None] | None = None, distributed: bool = True) -> None:
+    def __init__(self, cfg: RunConfig, log: Callable[[str], None] | None = None, distributed: bool = True,
+                 allow_changes: tuple[str, ...] = ()) -> None:
         self.cfg = cfg
+        self.allow_changes = tuple(allow_changes)
+        self._made: list[Path] | None = None  # what rank 0 created for this run (removed if setup fails)
+        self._setup_done = False
         self._print = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self._distributed = distributed  # False: a 1-process run even inside a torchrun job (teacher recipes)
         self._lock: RunDirLock | None = None  # rank 0's hold of the run directory while run() works
@@ -222,12 +304,66 @@ class Trainer:
                            static_shapes=cfg.data.drop_last, cache_dir=self.run_dir.path / "inductor_cache")
 
     def _create_run_dir(self, config_text: str) -> str:
-        """Rank 0: choose and create the run directory, write the resolved config; returns its path."""
+        """Rank 0: choose the run directory, check a resumed run's config against its own (nothing is written
+        before that passes), create it, clean a killed writer's temporaries, write the config; returns its path."""
         run_dir = self._choose_run_dir()
+        changes = self._resume_changes(run_dir) if self.cfg.resume and run_dir.config_path.is_file() else None
+        fresh = not run_dir.path.exists() or not any(run_dir.path.iterdir())
+        missing = [p for p in (*reversed(run_dir.path.parents), run_dir.path) if not p.exists()]
         run_dir.create()
+        self._made = (missing[0] if missing else run_dir.path, bool(missing)) if fresh else None
         self._lock = RunDirLock(run_dir.path).acquire()  # released when run() returns or raises
-        run_dir.write_config(config_text)
+        for tmp in clean_stale_temporaries(run_dir.checkpoints):
+            self._print(f"removed {tmp} (a checkpoint write cut short by a kill)")
+        if changes is None:
+            run_dir.write_config(config_text)
+        elif changes:
+            run_dir.write_config(config_text)
+            with open(run_dir.path / "history.jsonl", "a") as f:
+                f.write(json.dumps({"event": "resume", "time": round(time.time(), 3),
+                                    "changes": {k: list(v) for k, v in changes.items()}}) + "\n")
         return str(run_dir.path)
+
+    def _resume_changes(self, run_dir: RunDir) -> dict[str, tuple[Any, Any]]:
+        """The allowed differences between this config and the resumed run's; refuses any other."""
+        try:
+            stored = load_raw(run_dir.config_path)
+        except AdakdError as exc:
+            raise AdakdError(f"cannot resume {run_dir.path}: its config.yaml is unreadable ({exc}).") from None
+        changes = config_changes(stored, self.cfg.model_dump(mode="json"))
+        refused = {k: v for k, v in changes.items() if k not in self.allow_changes}
+        if refused:
+            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in refused.items()))
+            safe = [k for k in refused if k in ALLOWED_CHANGES]
+            hint = (f" To continue with {', '.join(safe)} changed, pass --allow-changes {' '.join(safe)}."
+                    if safe else "")
+            raise ConfigError(
+                f"--resume {run_dir.path}: this config differs from the run's own config.yaml ({listed}). A resumed "
+                f"run must be the same run: resume with its config ({run_dir.config_path}), or start a new run "
+                f"(another name/run_dir).{hint} Only {', '.join(ALLOWED_CHANGES)} may change.")
+        bad = [k for k in self.allow_changes if k not in ALLOWED_CHANGES]
+        if bad:
+            raise ConfigError(f"--allow-changes {' '.join(bad)}: only {', '.join(ALLOWED_CHANGES)} may change "
+                              "on resume.")
+        return changes
+
+    def _discard_run_dir(self) -> None:
+        """Rank 0, after a failed setup: remove what this attempt created, so the next attempt starts clean."""
+        if self._made is None:
+            return
+        top, created = self._made
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if hasattr(self, "logger"):
+            for handler in list(self.logger.handlers):
+                handler.close()
+                self.logger.removeHandler(handler)
+        if created:
+            shutil.rmtree(top, ignore_errors=True)
+        elif top.is_dir():  # a directory that existed empty: empty it again
+            for child in top.iterdir():
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
 
     def _train_recipe(self, cfg: RunConfig) -> object:
         """Train a teacher recipe in this process alone (rank 0 of a job; the other ranks wait)."""
@@ -235,9 +371,31 @@ class Trainer:
             return Trainer(cfg, self._print, distributed=False).run()
 
     def _save(self, path: Path, payload: dict[str, Any]) -> None:
-        """save_checkpoint on rank 0 only."""
+        """save_checkpoint on rank 0 only; ``last.pt``'s previous version stays as ``last.prev.pt``."""
         if self.dist.is_main:
-            save_checkpoint(path, payload)
+            save_checkpoint(path, payload, keep_previous=path == self.run_dir.last_checkpoint)
+
+    def _has_checkpoint(self) -> bool:
+        last = self.run_dir.last_checkpoint
+        return last.exists() or previous_path(last).exists()
+
+    def _load_resume_state(self) -> dict[str, Any]:
+        """``last.pt``, or ``last.prev.pt`` (said in the log) when ``last.pt`` is damaged or missing."""
+        last = self.run_dir.last_checkpoint
+        prev = previous_path(last)
+        try:
+            if not last.exists() and prev.exists():
+                raise CheckpointError(f"{last} is missing (killed between two checkpoint writes)")
+            return load_checkpoint(last)
+        except CheckpointError as exc:
+            if not prev.exists():
+                raise
+            try:
+                state = load_checkpoint(prev)
+            except CheckpointError:
+                raise exc from None
+            self._log(f"warning: {exc} -> falling back to the previous good checkpoint {prev}")
+            return state
 
     # ------------------------------------------------------------------ state
     def _phase_optimizer(self, phase: Phase) -> tuple[torch.optim.Optimizer, StepSchedule]:
@@ -251,6 +409,7 @@ class Trainer:
         if phase.schedule == "constant":
             sched_cfg = sched_cfg.model_copy(update={"name": "constant", "warmup_epochs": 0.0})
         schedule = StepSchedule(optimizer, sched_cfg, phase.epochs, self.steps_per_epoch)
+        self.guard = _GradGuard(optimizer, skip=self.cfg.train.on_nonfinite == "skip")
         return optimizer, schedule
 
     @property
@@ -302,31 +461,59 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any]:
-        """Train (or resume, or report a finished run); returns the summary."""
+        """Train (or resume, or report a finished run); returns the summary. A failed setup leaves no
+        run directory behind; a later error is also written to ``train.log``."""
         try:
             return self._run()
+        except BaseException as exc:
+            if not self._setup_done:
+                if getattr(self, "dist", None) is None or self.dist.is_main:
+                    self._discard_run_dir()
+            elif hasattr(self, "logger"):
+                what = str(exc) if isinstance(exc, AdakdError) else f"{type(exc).__name__}: {exc}"
+                self.logger.info(f"error: {what}")
+            raise
         finally:
             if self._lock is not None:
                 self._lock.release()
 
+    def _check_names(self) -> None:
+        """Every registry name of the config exists: a typo fails now, not after a teacher has trained."""
+        cfg = self.cfg
+        MODELS.get(cfg.student.name)
+        DATASETS.get(cfg.data.name)
+        STRATEGIES.get(cfg.strategy.name)
+        if cfg.teacher is not None:
+            MODELS.get(cfg.teacher.name)
+        for name in cfg.losses:
+            DISTILLERS.get(name)
+
     def _run(self) -> dict[str, Any]:
+        self._check_names()
         self.setup()
+        self._setup_done = True
         cfg = self.cfg
         self.best: dict[str, Any] = {"top1": -1.0, "epoch": 0}
         self.train_seconds = 0.0
         self.train_samples = 0
         self.skipped_steps = 0
         resume_state = None
-        if cfg.resume and ddp.run_on_main(self.run_dir.last_checkpoint.exists):
-            resume_state = ddp.run_on_main(lambda: load_checkpoint(self.run_dir.last_checkpoint))
+        if cfg.resume and ddp.run_on_main(self._has_checkpoint):
+            resume_state = ddp.run_on_main(self._load_resume_state)
             self._restore(resume_state)
             self._log(f"resuming {self.run_dir.path}: phase {resume_state['phase']}, epoch {resume_state['epoch']}, "
                       f"step {resume_state['position']} of the epoch")
-            if ddp.run_on_main(lambda: (self.run_dir.path / "checkpoints" / "student.pt").exists()
-                               and bool(self.run_dir.read_summary())):
-                self._log("run already finished; nothing to do")
-                return self.finish(final=False)
+            at_end = (resume_state["phase_index"] == len(self.phases) - 1
+                      and resume_state["epoch"] >= self.phases[-1].epochs)
+            previous = ddp.run_on_main(lambda: (self.run_dir.path / "checkpoints" / "student.pt").exists()
+                                       and self.run_dir.read_summary())
+            if at_end and previous:
+                self._log("run already finished; nothing to do (its records are left as they are)")
+                return previous
         else:
+            if cfg.resume:
+                self._log(f"--resume: {self.run_dir.path} holds no checkpoint (the run never started); "
+                          "starting it from the beginning")
             self._log(f"run directory {self.run_dir.path}")
             if self.dist.is_main and self.run_dir.metrics_path.exists():
                 self.run_dir.metrics_path.unlink()
@@ -380,17 +567,23 @@ class Trainer:
         bar = self._progress(spe, initial=position, desc=f"{phase.name} {epoch + 1}/{phase.epochs}")
         t0 = time.perf_counter()
         samples0 = acc.samples
+        skip = cfg.train.on_nonfinite == "skip"
+        bn_stats = _batchnorm_stats([phase.model, *phase.modules]) if skip else []
         for i, batch in enumerate(self.data.train, start=position):
             if i >= spe:
                 break
             lr = schedule.set_step(step)
             ctx = DistillContext(labels=batch.y, indices=batch.index, epoch=epoch, step=step,
                                  epochs_total=phase.epochs, progress=step / spe)
+            saved_bn = [t.clone() for t in bn_stats]
             terms = phase.step(batch, ctx, optimizer)
-            if cfg.train.on_nonfinite == "skip" and not bool(torch.isfinite(terms["loss"])):
+            grad_skipped, bad_grad = self.guard.take()
+            if skip and (grad_skipped or not ddp.all_finite(terms["loss"])):
                 self.skipped_steps += 1  # the strategy did not step; keep the epoch's means clean
+                for t, saved in zip(bn_stats, saved_bn):  # nor do the forward's BatchNorm statistics count
+                    t.copy_(saved)
             else:
-                acc.add(terms, batch.y.shape[0], step)
+                acc.add(terms, batch.y.shape[0], step, bad_grad)
             step += 1
             if bar is not None:
                 bar.update(1)
@@ -403,6 +596,7 @@ class Trainer:
             if stopping or (every and step % every == 0 and i + 1 < spe):
                 if cfg.train.on_nonfinite == "error":  # never save a state reached through a NaN/inf step
                     self._check_finite(acc, terms, phase, epoch)
+                self._check_state_finite(phase, epoch, step)
                 self.train_seconds += time.perf_counter() - t0
                 self.train_samples += acc.samples - samples0
                 t0, samples0 = time.perf_counter(), acc.samples
@@ -428,10 +622,39 @@ class Trainer:
         if terms is not None:
             names = [k for k, v in terms.items() if k != "correct" and not bool(torch.isfinite(v))]
             which = f" (non-finite terms: {', '.join(names)})" if names else ""
+        what = "loss" if which else "loss or its gradients"
         raise NonFiniteLoss(
-            f"loss became NaN/inf at step {bad} (phase {phase.name}, epoch {epoch + 1}){which}. The last good "
-            f"checkpoint is {self.run_dir.last_checkpoint}. Lower the lr or a loss weight, use precision=fp32, "
-            "or set train.on_nonfinite=skip to skip such steps.")
+            f"{what} became NaN/inf at step {bad} (phase {phase.name}, epoch {epoch + 1}){which}. "
+            f"{self._last_good()} {self._nonfinite_fix()}")
+
+    def _last_good(self) -> str:
+        last = self.run_dir.last_checkpoint
+        if self.dist.is_main and not last.exists():
+            return "No checkpoint was written yet."
+        return f"The last good checkpoint (verified finite) is {last}."
+
+    def _nonfinite_fix(self) -> str:
+        fp32 = "" if self.precision == "fp32" else ", use precision=fp32"
+        return f"Lower the lr or a loss weight{fp32}, or set train.on_nonfinite=skip to skip such steps."
+
+    def _check_state_finite(self, phase: Phase, epoch: int, step: int) -> None:
+        """Before a checkpoint or an evaluation is recorded: every parameter and buffer must be finite."""
+        modules = [self.student, *([self.distiller] if self.distiller is not None else []),
+                   *(m for p in self.phases for m in p.modules)]
+        tensors: dict[int, tuple[str, Tensor]] = {}
+        for index, module in enumerate(modules):
+            for name, t in (*module.named_parameters(), *module.named_buffers()):
+                if t.is_floating_point() and t.numel():
+                    tensors.setdefault(id(t), (name if index == 0 else f"{type(module).__name__}.{name}", t))
+        values = [t.detach() for _, t in tensors.values()]
+        largest = torch.nn.utils.get_total_norm(values, norm_type=float("inf"), foreach=True)
+        if ddp.all_finite(largest):
+            return
+        names = [n for n, t in tensors.values() if not bool(torch.isfinite(t.detach()).all())]
+        raise NonFiniteLoss(
+            f"the model became NaN/inf by step {step} (phase {phase.name}, epoch {epoch + 1}): {len(names)} "
+            f"parameters/buffers (e.g. {', '.join(names[:3])}); nothing was saved from this state. "
+            f"{self._last_good()} {self._nonfinite_fix()}")
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -445,6 +668,7 @@ class Trainer:
         ddp.reduce_accumulator(acc)  # the job's epoch means (sums over the ranks)
         record.update(acc.means())
         last_epoch = epoch + 1 == phase.epochs
+        self._check_state_finite(phase, epoch, step)  # before anything of this epoch is recorded
         if phase.evaluate and ((epoch + 1) % cfg.train.eval_every == 0 or last_epoch):
             result = evaluate(phase.model, self.data.test, self.device, self.precision, dist=self.dist)
             record.update({"test_top1": result["top1"], "test_top5": result["top5"], "test_loss": result["loss"]})
@@ -500,7 +724,10 @@ class Trainer:
             "last_top5": last["test_top5"] if last else float("nan"),
             "teacher_top1": self.teacher_top1,
             "train_seconds": round(self.train_seconds, 2),
-            "images_per_second": round(self.train_samples / self.train_seconds, 1) if self.train_seconds else 0.0,
+            # the job's throughput: every rank trains on its own shard of each global batch
+            "images_per_second": (round(self.train_samples * self.dist.world_size / self.train_seconds, 1)
+                                  if self.train_seconds else 0.0),
+            "world_size": self.dist.world_size,
             "student_parameters": count_parameters(student),
             "device": str(self.device),
             "precision": self.precision,
@@ -519,19 +746,21 @@ class Trainer:
         return summary
 
 
-def train(cfg: RunConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def train(cfg: RunConfig, log: Callable[[str], None] | None = None,
+          allow_changes: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run ``cfg`` (and, with ``compare_scratch``, the same student without a teacher); return the summary.
+    ``allow_changes``: config keys that may differ from a resumed run's own (see ALLOWED_CHANGES).
 
     Under torchrun this joins the job (engine/distributed.py) and leaves it at the end."""
     try:
-        summary = Trainer(cfg, log).run()
+        summary = Trainer(cfg, log, allow_changes=allow_changes).run()
         if cfg.compare_scratch and cfg.teacher is not None:
             run_dir = Path(summary["run_dir"]) / "scratch"
             scratch_cfg = cfg.model_copy(update={
                 "teacher": None, "losses": {}, "strategy": cfg.strategy.model_copy(update={"name": "standard", "options": {}}),
                 "ce_weight": 1.0, "compare_scratch": False, "run_dir": str(run_dir), "name": f"{cfg.name}-scratch",
                 "resume": cfg.resume})
-            scratch = Trainer(scratch_cfg, log).run()
+            scratch = Trainer(scratch_cfg, log, allow_changes=allow_changes).run()
             summary["scratch"] = {k: scratch[k] for k in ("best_top1", "last_top1", "train_seconds", "images_per_second")}
             if ddp.is_main():
                 RunDir(summary["run_dir"]).write_summary(summary)

@@ -81,12 +81,12 @@ def plot_class_relations(weight: np.ndarray, class_names: Sequence[str] | None, 
 # --------------------------------------------------------------------------- `adakd plot RUN_DIR`
 def _serializer_weight(run_dir: Path) -> np.ndarray | None:
     """The learned C x C serialization layer of an AEKT run (from checkpoints/last.pt), or None."""
-    import torch
+    from ..engine.checkpoint import load_checkpoint
 
     path = run_dir / "checkpoints" / "last.pt"
     if not path.exists():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(path)  # weights only: a crafted file cannot run code
     distiller = state.get("distiller") or {}
     for key, value in distiller.items():
         if key.endswith("serializer.weight"):

@@ -316,7 +316,12 @@ def build_report(target: str | os.PathLike[str], out: str | os.PathLike[str] | N
         raise ConfigError(f"no finished run (summary.json) under {root}: run the sweep first "
                           f"(adakd sweep SWEEP.yaml), or point at the folder holding the run directories.")
     rows = group(records)
-    title = Path(target).stem if Path(target).is_file() else root.name
+    if Path(target).is_file():  # the sweep's name, as its output folder is usually named: one title either way
+        from ..sweep import load_sweep
+
+        title = load_sweep(target).name
+    else:
+        title = root.name
     from .adaptive import adaptive_sections  # it builds on this module's rows
 
     markdown = to_markdown(rows, title=f"Results: {title}", unfinished=len(unfinished)) + adaptive_sections(rows)
