@@ -10,8 +10,8 @@ HERE = Path(__file__).resolve().parent
 
 def _missing_vision_stack() -> str | None:
     try:
-        import timm  # noqa: F401
         import torchvision  # noqa: F401
+        import timm  # noqa: F401
     except Exception as exc:  # ImportError, or a torchvision built for another torch (RuntimeError)
         return (f"vision stack not importable here ({type(exc).__name__}: {str(exc).splitlines()[0][:100]}); "
                 "run in the vision venv: .venv-vision/bin/python -m pytest tests/vision (docs/vision.md)")
