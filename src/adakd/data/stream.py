@@ -10,7 +10,8 @@ It has the interface of :class:`~adakd.data.loader.DeviceLoader` (``Batch`` item
 * a loader restored at ``position`` asks the workers for the samples from ``position * batch_size``
   on: the skipped ones are never decoded.
 
-Workers (``torch.utils.data.DataLoader``: persistent, prefetching, pinned memory on CUDA) return uint8
+Workers (``torch.utils.data.DataLoader``: prefetching, pinned memory on CUDA, persistent for training;
+evaluation loaders start theirs for each pass, so idle ones hold no processes) return uint8
 batches; the main process copies them to the device (non-blocking) and normalises them there.
 A file that fails to decode ends the iteration with one :class:`DataError` naming it.
 """
@@ -160,7 +161,8 @@ class StreamLoader(EpochPosition):
             workers = self.num_workers
             loader = DataLoader(_Decoded(self.samples, self.recipe, self.seed), batch_sampler=sampler,
                                 num_workers=workers, collate_fn=_collate, pin_memory=self.device.type == "cuda",
-                                persistent_workers=workers > 0, prefetch_factor=self.prefetch_factor if workers else None,
+                                persistent_workers=workers > 0 and self.shuffle,
+                                prefetch_factor=self.prefetch_factor if workers else None,
                                 worker_init_fn=_one_thread if workers else None)
             self._workers[key] = (loader, sampler)
         return self._workers[key]
