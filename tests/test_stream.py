@@ -275,3 +275,16 @@ def test_imagenet_flat_val_ground_truth_files(tmp_path):
     (root / "short.txt").write_text("n01\n")
     with pytest.raises(DataError, match="1 labels for 3 images"):
         open_dataset("image_folder", root, image_size=16, val_labels="short.txt").samples("test")
+
+
+def test_an_epoch_cut_short_does_not_leak_into_the_next(tmp_path):
+    """train.max_steps_per_epoch stops reading mid-epoch: with persistent workers still prefetching, the next
+    epoch must start clean (no stale batch of the cut epoch)."""
+    images, labels = arrays(n=60)
+    kw = dict(recipe=PadCropFlip(2, True), batch_size=4, shuffle=True, drop_last=True, seed=9, num_workers=2)
+    cut = stream(ArraySamples(images, labels), **kw)
+    collect(cut, limit=1)
+    cut.set_epoch(1)
+    fresh = stream(ArraySamples(images, labels), **kw)
+    fresh.set_epoch(1)
+    assert same(collect(cut), collect(fresh))
