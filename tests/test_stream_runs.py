@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from adakd.config import load_config, validate
+from adakd.data import StreamLoader
 from adakd.engine.checkpoint import load_checkpoint
 from adakd.engine.trainer import Trainer, train
 from adakd.models import build_model
@@ -45,7 +46,8 @@ def write_imagenet(root: Path, per_class: int = 4, val: int = 6, seed: int = 0) 
 
 
 @pytest.mark.parametrize("config, teacher, workers", [("r34_r18/kd.yaml", "tv_resnet34", 2),
-                                                      ("r50_mv1/kd.yaml", "tv_resnet50", 0)])
+                                                      ("r50_mv1/kd.yaml", "tv_resnet50", 0),
+                                                      ("r34_r18/dkd_abl.yaml", "tv_resnet34", 0)])
 def test_imagenet_configs_run_end_to_end_streamed(fake_torchvision, tmp_path, config, teacher, workers):  # noqa: F811
     """The paper recipe (RandomResizedCrop 224 + flip, Resize 256 + CenterCrop 224, KD T = 1, 0.5/0.5, SGD lr 0.2)
     for two steps on a 3-class ImageNet folder; torchvision's ResNets are stood in for by same-named tiny ones."""
@@ -64,6 +66,9 @@ def test_imagenet_configs_run_end_to_end_streamed(fake_torchvision, tmp_path, co
     batch = next(iter(trainer.data.test))
     assert batch.x.shape == (3, 3, 224, 224) and batch.y.tolist() == [1, 2, 0]  # labels from the csv
     assert summary["epochs"] == 1 and 0.0 <= summary["last_top1"] <= 100.0
+    if "abl" in config:  # ABL's validation split is held out of train/ and streamed too
+        assert isinstance(trainer.data.val, StreamLoader) and trainer.data.val.num_rows == 1
+        assert trainer.data.num_train == 11
     assert load_checkpoint(Path(summary["run_dir"]) / "checkpoints" / "student.pt")["model"]
 
 
