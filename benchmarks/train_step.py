@@ -6,7 +6,7 @@
     python benchmarks/train_step.py --zoo --batch-size 64   # every distiller of the zoo, eager vs fast
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/train_step.py ...   # as an AVX2-only CPU
 
-Runs ``adakd bench`` (adakd.bench.run_bench) for each thread count given, prints its tables and
+Runs ``adakd bench`` (adakd.tools.bench.run_bench) for each thread count given, prints its tables and
 writes one JSON per run into ``--out``. The KD table has the eager baseline, the fast path the
 training probe picks (engine/probe.py) and the fast path under every other precision x memory
 format (``--no-candidates``: the pick alone); the JSON records the CPU model and flags (AMX,
@@ -22,7 +22,7 @@ import argparse
 import time
 from pathlib import Path
 
-from adakd.bench import SUITES, BenchCase, BenchSettings, format_table, progress_log, run_bench, write_json
+from adakd.tools.bench import SUITES, BenchCase, BenchSettings, format_table, progress_log, run_bench, write_json
 from adakd.registry import DISTILLERS
 
 #: Distillers that need equal stage widths, which resnet32x4 -> resnet8x4 does not have (a ShapeError).

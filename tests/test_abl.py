@@ -365,7 +365,7 @@ def test_two_stage_run_records_and_resume_after_kill(tmp_path, fmnist_root, teac
     exported = load_checkpoint(d / "checkpoints" / "student.pt")["model"]
     assert set(exported) == set(plain)  # no auxiliary heads in the exported student
     try:
-        from adakd.report.plots import plot_run
+        from adakd.tools.report.plots import plot_run
 
         names = {p.name for p in plot_run(d)}
         assert {"abl_gammas.png", "abl_block_accuracy.png"} <= names

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from adakd.bench import BenchCase, BenchSettings, Rig, random_dataset, resolve_paths, run_bench
+from adakd.tools.bench import BenchCase, BenchSettings, Rig, random_dataset, resolve_paths, run_bench
 from adakd.cli import main
 from adakd.config import validate
-from adakd.engine.device import cpu_info
+from adakd.runtime.device import cpu_info
 from adakd.engine.fast import compile_forward_features, prefer_fused, resolve_compile_mode, set_inductor_cache
 
 #: Tiny models, one CPU thread (two threads thrash on a shared, oversubscribed 2-core machine).
@@ -70,7 +70,7 @@ def test_cli_bench_reports_the_json_fields(tmp_path, capsys, monkeypatch):
 
 
 def test_bench_times_every_candidate_beside_the_probes_pick(monkeypatch, capsys):
-    from adakd.bench import format_table
+    from adakd.tools.bench import format_table
     from adakd.engine import probe
 
     monkeypatch.delenv("ADAKD_PRECISION", raising=False)
@@ -83,7 +83,7 @@ def test_bench_times_every_candidate_beside_the_probes_pick(monkeypatch, capsys)
         calls.append([c.label for c in options])
         return {c: (0.5 if c.label == "bf16 CL" else 1.0) for c in options}
 
-    monkeypatch.setattr("adakd.bench.time_steps", fake)
+    monkeypatch.setattr("adakd.tools.bench.time_steps", fake)
     settings = BenchSettings(**TINY, batch_sizes=[8], warmup=1, repeats=1, device="cpu")
     result = run_bench(settings)
     (record,) = result["results"]
@@ -270,8 +270,8 @@ def test_inductor_compile_of_a_one_layer_model(tmp_path):
 def test_a_capped_instruction_set_is_recorded_and_keys_the_probe(monkeypatch):
     """ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA make this CPU time like another: the bench says so and the
     fast-path probe's cache key (the device model) tells the two apart."""
-    from adakd.bench import _cpu_text, environment
-    from adakd.engine.device import device_model
+    from adakd.tools.bench import _cpu_text, environment
+    from adakd.runtime.device import device_model
 
     cpu = torch.device("cpu")
     for key in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):

@@ -22,7 +22,8 @@ import torch
 import yaml
 
 from adakd.config import validate
-from adakd.engine import distributed as ddp
+from adakd.engine import ranks
+from adakd.runtime import distributed as ddp
 from adakd.engine.checkpoint import load_checkpoint
 from adakd.engine.trainer import Trainer, train
 
@@ -209,16 +210,16 @@ def test_resume_position_across_world_sizes():
 
     state = {"epoch": 3, "step": 3 * 8 + 4, "position": 4,
              "loader": {"epoch": 3, "position": 4, "world_size": 1, "batch_size": 32}}
-    loader_state, step, position = ddp.resume_position(state, Loader(4, 8), steps_per_epoch=8)
+    loader_state, step, position = ranks.resume_position(state, Loader(4, 8), steps_per_epoch=8)
     assert (position, step) == (4, 28) and loader_state["world_size"] == 4  # 128 samples = 4 global batches
-    loader_state, step, position = ddp.resume_position(state, Loader(2, 32), steps_per_epoch=4)
+    loader_state, step, position = ranks.resume_position(state, Loader(2, 32), steps_per_epoch=4)
     assert (position, step) == (2, 14)  # 128 samples = 2 batches of 64
     from adakd.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="epoch-end checkpoint"):
-        ddp.resume_position(state, Loader(3, 32), steps_per_epoch=2)  # 128 is not a multiple of 96
+        ranks.resume_position(state, Loader(3, 32), steps_per_epoch=2)  # 128 is not a multiple of 96
     at_end = {**state, "position": 0, "step": 24, "loader": {**state["loader"], "position": 0}}
-    assert ddp.resume_position(at_end, Loader(3, 32), steps_per_epoch=2)[1:] == (6, 0)
+    assert ranks.resume_position(at_end, Loader(3, 32), steps_per_epoch=2)[1:] == (6, 0)
 
 
 def test_helpers_are_no_ops_in_one_process():

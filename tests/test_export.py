@@ -18,13 +18,13 @@ from adakd.data import DataConfig, build_data
 from adakd.engine.checkpoint import load_checkpoint, save_checkpoint
 from adakd.engine.trainer import Trainer
 from adakd.errors import AdakdError, CheckpointError, ConfigError
-from adakd.export import _CHECKERS, CheckResult, ExportMismatch, export_student
+from adakd.tools.export import _CHECKERS, CheckResult, ExportMismatch, export_student
 from adakd.models import build_model
-from adakd.report import analysis_plots
-from adakd.report.analysis_plots import (GradientMagnitudeRecorder, compute_logit_correlation,
+from adakd.tools.report import analysis_plots
+from adakd.tools.report.analysis_plots import (GradientMagnitudeRecorder, compute_logit_correlation,
                                          correlation_difference, logit_correlation, record_gradient_magnitudes)
-from adakd.report.compare_plots import plot_compare
-from adakd.report.plots import plot_run
+from adakd.tools.report.compare_plots import plot_compare
+from adakd.tools.report.plots import plot_run
 
 TINY = {"name": "resnet8", "kwargs": {"widths": [4, 8, 8]}}
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -21,7 +21,7 @@ from adakd.data import DataConfig, build_data
 from adakd.engine.checkpoint import load_checkpoint, load_weights
 from adakd.engine.trainer import Trainer
 from adakd.errors import ConfigError
-from adakd.export import export_student
+from adakd.tools.export import export_student
 from adakd.losses.build import build_distiller
 from adakd.models import build_model
 from adakd.registry import DATASETS, DISTILLERS, MODELS, STRATEGIES

@@ -453,7 +453,7 @@ def test_class_mismatch_and_single_class_raise_shape_error(cls):
 # -- AEKT plots --------------------------------------------------------------------------------------------
 def test_plot_class_relations(tmp_path):
     pytest.importorskip("matplotlib")
-    from adakd.report.aekt_plots import plot_class_relations, top_related_classes
+    from adakd.tools.report.aekt_plots import plot_class_relations, top_related_classes
 
     rng = np.random.RandomState(21)
     w = np.eye(8) + 0.1 * rng.randn(8, 8)

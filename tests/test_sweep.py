@@ -16,9 +16,9 @@ import yaml
 
 from adakd.cli import main
 from adakd.errors import ConfigError
-from adakd.report.published import PAIRS, lookup
-from adakd.report.table import build_report, collect, group, to_csv
-from adakd.sweep import RUN_CONFIG, RUN_META, load_sweep, run_sweep
+from adakd.tools.report.published import PAIRS, lookup
+from adakd.tools.report.table import build_report, collect, group, to_csv
+from adakd.tools.sweep import RUN_CONFIG, RUN_META, load_sweep, run_sweep
 
 STUDENT = {
     "name": "tiny-student", "device": "cpu", "progress": False,

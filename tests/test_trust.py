@@ -259,7 +259,7 @@ def test_summary_records_world_size(finished):
 def test_small_messages():
     from adakd.config import validate
     from adakd.errors import ConfigError
-    from adakd.export import _require
+    from adakd.tools.export import _require
     from adakd.registry import STRATEGIES
 
     with pytest.raises(AdakdError, match="-c constraints.txt"):
@@ -271,7 +271,7 @@ def test_small_messages():
 
 
 def test_report_of_the_results_folder_reproduces_the_committed_table(tmp_path):
-    from adakd.report.table import build_report
+    from adakd.tools.report.table import build_report
 
     folder = REPO / "results" / "fmnist-methods"
     committed = (folder / "results.md").read_text()

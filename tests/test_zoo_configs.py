@@ -16,7 +16,7 @@ from adakd.losses.base import DistillContext
 from adakd.losses.build import build_distiller
 from adakd.models import build_model
 from adakd.registry import DISTILLERS
-from adakd.report.published import PAIRS
+from adakd.tools.report.published import PAIRS
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR = REPO / "configs" / "cifar100"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from .version import __version__
 
 _API_NAMES = {
     "RunConfig", "load_config", "train", "Trainer", "check_config", "evaluate_checkpoint", "build_model",

@@ -20,7 +20,7 @@ from . import strategies as _strategies  # noqa: F401  (registers the strategies
 from .config import RunConfig, load_config
 from .data import DataConfig, build_data, load_split
 from .engine.checkpoint import load_checkpoint, load_weights
-from .engine.device import resolve_device
+from .runtime.device import resolve_device
 from .engine.evaluate import evaluate
 from .engine.trainer import Trainer, train
 from .errors import CheckpointError, ConfigError
@@ -78,7 +78,7 @@ def evaluate_checkpoint(target: str | Path, which: str = "final", data_root: str
                         image_size=meta["image_size"], **meta.get("kwargs", {}))
     load_weights(model, state["model"], f"checkpoint {path}")
     model.to(dev)
-    data = build_data(data_cfg, dev, seed=data_cfg.seed)
+    data = build_data(data_cfg, dev, seed=data_cfg.seed, log=None)
     loader = data.test if split == "test" else data.val
     if loader is None:
         raise ConfigError(f"the run has no {split} split.")

@@ -124,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_train(args: argparse.Namespace) -> int:
     from .api import train
     from .config import dump_config, load_config
-    from .report.summary import format_summary
+    from .tools.report.summary import format_summary
 
     overrides = list(args.overrides) + (["resume=true"] if args.resume else [])
     cfg = load_config(args.config, overrides)
@@ -156,10 +156,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .report.plots import plot_run
+    from .tools.report.plots import plot_run
 
     if args.analysis:
-        from .report.analysis_plots import compute_logit_correlation
+        from .tools.report.analysis_plots import compute_logit_correlation
 
         for run_dir in args.run_dirs:
             result = compute_logit_correlation(run_dir, which=args.which, data_root=args.data_root, device=args.device)
@@ -168,7 +168,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if len(args.run_dirs) == 1:
         paths = plot_run(args.run_dirs[0], args.out)
     else:
-        from .report.compare_plots import plot_compare
+        from .tools.report.compare_plots import plot_compare
 
         paths = plot_compare(args.run_dirs, args.out or _common_parent(args.run_dirs) / "plots-compare")
         if args.analysis:
@@ -186,7 +186,7 @@ def _common_parent(paths: Sequence[str]) -> Path:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_student
+    from .tools.export import export_student
 
     result = export_student(args.target, args.format, out=args.out, which=args.which)
     if args.json:
@@ -218,7 +218,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import format_table, progress_log, run_bench, settings_from_cli, write_json
+    from .tools.bench import format_table, progress_log, run_bench, settings_from_cli, write_json
 
     settings, cases = settings_from_cli(args)
     result = run_bench(settings, cases, log=progress_log)
@@ -229,7 +229,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import describe, load_sweep, run_sweep
+    from .tools.sweep import describe, load_sweep, run_sweep
 
     sweep = load_sweep(args.sweep)
     if args.dry_run:
@@ -243,7 +243,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report.table import build_report
+    from .tools.report.table import build_report
 
     markdown, files = build_report(args.target, args.out)
     print(markdown, end="")
@@ -283,7 +283,7 @@ def entry(argv: Any = None) -> None:
     ("terminate called without an active exception", SIGABRT; seen once in CI on a finished run), which
     torchrun reports as a failed job although every file was written."""
     code = main(argv)
-    from .engine.distributed import launched_by_torchrun
+    from .runtime.distributed import launched_by_torchrun
 
     if launched_by_torchrun():
         sys.stdout.flush()

@@ -11,7 +11,7 @@ import torch
 from adakd.config import validate
 from adakd.engine.checkpoint import save_checkpoint
 from adakd.engine.trainer import Trainer
-from adakd.export import export_student
+from adakd.tools.export import export_student
 from adakd.models import build_model
 
 TEACHER = "tv:resnet18"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from . import cifar, image_folder, mnist, tiny_imagenet  # noqa: F401  (register the readers)
 from .build import DataBundle, build_data, load_split, open_dataset
-from .config import DataConfig
+from ..config import DataConfig
 from .info import DatasetInfo
 from .loader import Batch, DeviceLoader
 from .pipeline import PipelineChoice, choose_pipeline

@@ -11,7 +11,7 @@ import torch
 
 from ..errors import ConfigError
 from ..registry import DATASETS
-from .config import DataConfig
+from ..config import DataConfig
 from .info import DatasetInfo
 from .loader import DeviceLoader
 from .pipeline import PipelineChoice, choose_pipeline

@@ -10,16 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .device import autocast
+from ..runtime.device import autocast
 
 if TYPE_CHECKING:
-    from .distributed import DistInfo
+    from ..runtime.distributed import DistInfo
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device, precision: str = "fp32",
              dist: "DistInfo | None" = None) -> dict[str, float]:
-    from .distributed import all_reduce_sums, shard_loader
+    from ..runtime.distributed import all_reduce_sums
+    from .ranks import shard_loader
 
     sharded = dist is not None and dist.active and shard_loader(loader, dist) is not loader
     if sharded:

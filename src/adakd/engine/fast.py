@@ -9,7 +9,7 @@ piece                         where                                             
 ============================  ==========================================================  ==================
 data on the device, batched   ``data/loader.py`` DeviceLoader (gather + crop + flip +      always
 augmentation                  normalise per batch, no per-sample Python)
-bf16 autocast                 ``train.precision`` -> :func:`engine.device.autocast`         ``auto``: measured
+bf16 autocast                 ``train.precision`` -> :func:`runtime.device.autocast`        ``auto``: measured
                                                                                           (engine/probe.py)
 channels_last                 ``train.channels_last`` (models, distiller and batches)      ``auto``: measured
 frozen teacher                eval mode, ``requires_grad=False``, forward under no_grad    always

@@ -47,8 +47,8 @@ from typing import Any, Callable
 import torch
 
 from ..errors import ConfigError
-from .device import bf16_supported, device_model
-from .seeding import rng_state, set_rng_state
+from ..runtime.device import bf16_supported, device_model
+from ..runtime.seeding import rng_state, set_rng_state
 
 PRECISION_ENV = "ADAKD_PRECISION"
 CHANNELS_LAST_ENV = "ADAKD_CHANNELS_LAST"
@@ -340,7 +340,7 @@ def resolve_run_fast_path(cfg: Any, device: torch.device, student: torch.nn.Modu
                           teacher: torch.nn.Module | None, data: Any, steps_per_epoch: int,
                           timer: Timer | None = None) -> FastPath:
     """:func:`resolve_fast_path` for a run (the trainer calls it on rank 0 of a job and broadcasts the result)."""
-    from . import distributed as ddp
+    from ..runtime import distributed as ddp
 
     info = data.info
     shape = tuple(data.train.images.shape[1:])

@@ -32,14 +32,15 @@ from ..models.contract import ContractModel
 from ..registry import DATASETS, DISTILLERS, MODELS, STRATEGIES
 from ..strategies import Phase, StrategyContext
 from .checkpoint import clean_stale_temporaries, load_checkpoint, load_weights, previous_path, save_checkpoint
-from .device import resolve_device
-from . import distributed as ddp
+from ..runtime.device import resolve_device
+from ..runtime import distributed as ddp
+from . import ranks
 from .evaluate import evaluate
 from .fast import compile_models, prefer_fused
 from .probe import resolve_run_fast_path
 from .optim import StepSchedule, build_optimizer, parameters_of
 from .run_dir import RunDir, RunDirLock
-from .seeding import rng_state, seed_everything, set_rng_state
+from ..runtime.seeding import rng_state, seed_everything, set_rng_state
 from .teacher import load_teacher, teacher_checkpoint_path
 
 
@@ -253,12 +254,12 @@ class Trainer:
         if not self.dist.is_main:  # only rank 0 prints and writes
             self._print = lambda msg: None
         path = ddp.run_on_main(lambda: self._create_run_dir(dump_config(cfg)))
-        self.run_dir = RunDir(path) if self.dist.is_main else ddp.follower_run_dir(path)
+        self.run_dir = RunDir(path) if self.dist.is_main else ranks.follower_run_dir(path)
         self.logger = self.run_dir.logger()
         seed_everything(cfg.seed, cfg.train.deterministic)
         self.device = ddp.rank_device(resolve_device(cfg.device), self.dist)
         self.data = build_data(cfg.data, self.device, seed=cfg.seed, rank=self.dist.rank,
-                               world_size=self.dist.world_size)  # memory format set below, once chosen
+                               world_size=self.dist.world_size, log=self._log)  # memory format set below, once chosen
         self.teacher: ContractModel | None = None
         self.teacher_top1: float | None = None
         if cfg.teacher is not None:
@@ -433,7 +434,7 @@ class Trainer:
             "optimizer": optimizer.state_dict(),
             "loader": self.data.train.state_dict(),
             "rng": rng_state(),
-            "accumulator": ddp.accumulator_state(acc),
+            "accumulator": ranks.accumulator_state(acc),
             "best": self.best,
             "train_seconds": self.train_seconds,
             "train_samples": self.train_samples,
@@ -535,7 +536,7 @@ class Trainer:
         acc_state = None
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
-            loader_state, step, position = ddp.resume_position(state, self.data.train, self.steps_per_epoch)
+            loader_state, step, position = ranks.resume_position(state, self.data.train, self.steps_per_epoch)
             start_epoch = state["epoch"]
             self.data.train.load_state_dict(loader_state)
             set_rng_state(state["rng"])
@@ -665,7 +666,7 @@ class Trainer:
         cfg = self.cfg
         record: dict[str, Any] = {"kind": "epoch", "phase": phase.name, "epoch": self._global_epoch(index, epoch) + 1,
                                   "phase_epoch": epoch + 1, "lr": schedule.set_step(max(step - 1, 0))}
-        ddp.reduce_accumulator(acc)  # the job's epoch means (sums over the ranks)
+        ranks.reduce_accumulator(acc)  # the job's epoch means (sums over the ranks)
         record.update(acc.means())
         last_epoch = epoch + 1 == phase.epochs
         self._check_state_finite(phase, epoch, step)  # before anything of this epoch is recorded

@@ -7,7 +7,8 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..models.contract import Features, FeatureShapes
 from .base import DistillContext, Distiller, register_distiller, zero_like
-from .connectors import ConvBNRegressor, loss_dtype, paired_stage_maps
+from .connectors import ConvBNRegressor, paired_stage_maps
+from ..runtime.device import at_least_float32
 
 
 def activation_boundary_loss(source: Tensor, target: Tensor, margin: float) -> Tensor:
@@ -73,8 +74,8 @@ class AB(Distiller):
 
     def stage_loss(self, i: int, s: Tensor, t: Tensor) -> Tensor:
         """Unweighted-by-``weight`` AB term of stage i+1 (pre-activations ``s``, ``t``)."""
-        source = loss_dtype(self.connectors[i](s))
-        ab = activation_boundary_loss(source, loss_dtype(t.detach()), self.margin)
+        source = at_least_float32(self.connectors[i](s))
+        ab = activation_boundary_loss(source, at_least_float32(t.detach()), self.margin)
         return self.stage_weights[i] * ab / s.shape[0] * 3.0 / 1000.0
 
     def spot_loss(self, i: int, s: Tensor, t: Tensor, ctx: DistillContext) -> Tensor:

@@ -40,8 +40,8 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..models.contract import Features, FeatureShapes
 from .base import DistillContext, Distiller, register_distiller
-from .dkd import (at_least_float32, check_dkd_options, check_logit_shapes, nckd_loss, target_log_probs,
-                  tckd_loss, warmup_scale)
+from ..runtime.device import at_least_float32
+from .dkd import check_dkd_options, check_logit_shapes, nckd_loss, target_log_probs, tckd_loss, warmup_scale
 
 #: Floor of stopgrad(1 - p_t^S) in the drop_gradient_factor ablation.
 GRADIENT_FACTOR_EPS = 1e-6

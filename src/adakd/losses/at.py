@@ -7,7 +7,8 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..models.contract import FeatureShapes
 from .base import DistillContext, Distiller, register_distiller
-from .connectors import loss_dtype, paired_stage_maps, pool_to_common
+from .connectors import paired_stage_maps, pool_to_common
+from ..runtime.device import at_least_float32
 
 
 def attention_map(f: Tensor, p: float) -> Tensor:
@@ -47,5 +48,5 @@ class AT(Distiller):
         paired_stage_maps(student, teacher, "at")
 
     def spot_loss(self, i: int, s: Tensor, t: Tensor, ctx: DistillContext) -> Tensor:
-        s, t = pool_to_common(loss_dtype(s), loss_dtype(t.detach()))
+        s, t = pool_to_common(at_least_float32(s), at_least_float32(t.detach()))
         return self.weight * (attention_map(s, self.p) - attention_map(t, self.p)).pow(2).mean()

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..models.contract import FeatureShapes
 from .base import DistillContext, Distiller, register_distiller
-from .connectors import full_precision
+from ..runtime.device import autocast_off
 
 
 def taylor_rbf_correlation(e: Tensor, gamma: float, order: int) -> Tensor:
@@ -88,7 +88,7 @@ class CC(Distiller):
         self.embed_t = nn.Linear(teacher.pooled, int(embed_dim))
 
     def spot_loss(self, i: int, s: Tensor, t: Tensor, ctx: DistillContext) -> Tensor:
-        with full_precision(s):
+        with autocast_off(s):
             f_s = self.embed_s(s.flatten(1).to(self.embed_s.weight.dtype))
             f_t = self.embed_t(t.detach().flatten(1).to(self.embed_t.weight.dtype))
             if s.shape[0] < 2:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -53,14 +52,6 @@ def paired_stage_maps(student: FeatureShapes, teacher: FeatureShapes, method: st
     ]
 
 
-def loss_dtype(x: Tensor) -> Tensor:
-    """Low-precision (bf16/fp16) maps promoted to float32 for the loss arithmetic; float64 kept."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
-def full_precision(x: Tensor) -> torch.autocast:
-    """A context that turns autocast off on ``x``'s device (Gram matrices, kernels and SVDs stay in fp32)."""
-    return torch.autocast(device_type=x.device.type, enabled=False)
 
 
 def resize_to(x: Tensor, size: tuple[int, int]) -> Tensor:

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..engine.distributed import all_gather_rows, all_reduce_mean, world_size
+from ..runtime.distributed import all_gather_rows, all_reduce_mean, world_size
 from ..errors import ConfigError, ShapeError
 from ..models.contract import FeatureShapes
 from .base import DistillContext, Distiller, register_distiller
-from .connectors import full_precision
+from ..runtime.device import autocast_off
 
 #: Added to the NCE denominators (the CRD repository's ``eps``).
 NCE_EPS = 1e-7
@@ -188,7 +188,7 @@ class CRD(Distiller):
 
     def spot_loss(self, i: int, s: Tensor, t: Tensor, ctx: DistillContext) -> Tensor:
         idx = self._check_indices(ctx, s.shape[0])
-        with full_precision(s):
+        with autocast_off(s):
             v_s = self.embed_s(s)
             v_t = self.embed_t(t.detach())
             if s.shape[0] == 0:

@@ -23,7 +23,8 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..models.contract import Features, FeatureShapes
 from .base import DistillContext, Distiller, register_distiller
-from .dkd import at_least_float32, check_logit_shapes
+from .dkd import check_logit_shapes
+from ..runtime.device import at_least_float32
 
 
 def pearson_correlation(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:

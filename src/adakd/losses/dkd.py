@@ -30,12 +30,8 @@ from torch import Tensor
 
 from ..errors import ConfigError, ShapeError
 from ..models.contract import Features, FeatureShapes
+from ..runtime.device import at_least_float32
 from .base import DistillContext, Distiller, register_distiller
-
-
-def at_least_float32(x: Tensor) -> Tensor:
-    """``x`` in float32, or left in float64 (gradchecks); bf16/fp16 logits are upcast."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def non_target_logits(logits: Tensor, labels: Tensor) -> Tensor:

@@ -7,7 +7,8 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..models.contract import Features, FeatureShapes
 from .base import DistillContext, Distiller, register_distiller
-from .connectors import ConvBNRegressor, loss_dtype, map_shape
+from .connectors import ConvBNRegressor, map_shape
+from ..runtime.device import at_least_float32
 
 
 @register_distiller
@@ -52,4 +53,4 @@ class FitNet(Distiller):
         return [f.stages[self.hint_teacher if teacher else self.hint_student]]
 
     def spot_loss(self, i: int, s: Tensor, t: Tensor, ctx: DistillContext) -> Tensor:
-        return self.weight * F.mse_loss(loss_dtype(self.regressor(s)), loss_dtype(t.detach()))
+        return self.weight * F.mse_loss(at_least_float32(self.regressor(s)), at_least_float32(t.detach()))

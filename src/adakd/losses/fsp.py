@@ -7,7 +7,8 @@ from torch import Tensor, nn
 from ..errors import ConfigError, ShapeError
 from ..models.contract import Features, FeatureShapes
 from .base import DistillContext, Distiller, register_distiller, zero_like
-from .connectors import full_precision, loss_dtype, paired_stage_maps, pool_to_common
+from .connectors import paired_stage_maps, pool_to_common
+from ..runtime.device import at_least_float32, autocast_off
 
 
 def fsp_matrix(bottom: Tensor, top: Tensor) -> Tensor:
@@ -22,10 +23,10 @@ def fsp_matrix(bottom: Tensor, top: Tensor) -> Tensor:
 def fsp_loss(student_stages: list[Tensor], teacher_stages: list[Tensor]) -> Tensor:
     """sum over consecutive stage pairs (stem first) of mean (G_s - G_t)^2."""
     terms = []
-    with full_precision(student_stages[0]):
+    with autocast_off(student_stages[0]):
         for k in range(len(student_stages) - 1):
-            g_s = fsp_matrix(loss_dtype(student_stages[k]), loss_dtype(student_stages[k + 1]))
-            g_t = fsp_matrix(loss_dtype(teacher_stages[k].detach()), loss_dtype(teacher_stages[k + 1].detach()))
+            g_s = fsp_matrix(at_least_float32(student_stages[k]), at_least_float32(student_stages[k + 1]))
+            g_t = fsp_matrix(at_least_float32(teacher_stages[k].detach()), at_least_float32(teacher_stages[k + 1].detach()))
             terms.append((g_s - g_t).pow(2).mean())
     return torch.stack(terms).sum()
 

@@ -8,7 +8,8 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..models.contract import Features, FeatureShapes
 from .base import DistillContext, Distiller, register_distiller
-from .connectors import loss_dtype, map_shape, pool_to_common
+from .connectors import map_shape, pool_to_common
+from ..runtime.device import at_least_float32
 
 
 def _conv_stack(channels: list[int], batch_norm: bool, transpose: bool = False) -> nn.Sequential:
@@ -108,14 +109,14 @@ class FT(Distiller):
             mode = self.paraphraser.training
             factor_t = self.paraphraser.eval().encoder(t.detach())
             self.paraphraser.train(mode)
-        factor_s, factor_t = pool_to_common(loss_dtype(self.translator(s)), loss_dtype(factor_t))
+        factor_s, factor_t = pool_to_common(at_least_float32(self.translator(s)), at_least_float32(factor_t))
         diff = (factor_vector(factor_s, self.p1) - factor_vector(factor_t, self.p1)).abs()
         return self.weight * (diff if self.p2 == 1 else diff.pow(self.p2)).mean()
 
     def pretrain_loss(self, s: Features, t: Features, ctx: DistillContext) -> Tensor:
-        target = loss_dtype(t.stages[-1].detach())
+        target = at_least_float32(t.stages[-1].detach())
         _, reconstruction = self.paraphraser(target)
-        return F.mse_loss(loss_dtype(reconstruction), target)
+        return F.mse_loss(at_least_float32(reconstruction), target)
 
     def pretrain_modules(self, student: nn.Module) -> list[nn.Module]:
         return [self.paraphraser]

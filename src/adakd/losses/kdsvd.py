@@ -8,7 +8,8 @@ from torch import Tensor
 from ..errors import ConfigError, ShapeError
 from ..models.contract import Features, FeatureShapes
 from .base import DistillContext, Distiller, register_distiller
-from .connectors import full_precision, paired_stage_maps
+from .connectors import paired_stage_maps
+from ..runtime.device import autocast_off
 
 
 def _finite(x: Tensor) -> Tensor:
@@ -107,7 +108,7 @@ class KDSVD(Distiller):
             raise ShapeError("kdsvd relates consecutive stages, so it needs at least 2 stages after the stem.")
 
     def forward(self, s: Features, t: Features, ctx: DistillContext) -> dict[str, Tensor]:
-        with full_precision(s.logits):
+        with autocast_off(s.logits):
             return {self.name: self.weight * self._loss(s, t)}
 
     def _loss(self, s: Features, t: Features) -> Tensor:

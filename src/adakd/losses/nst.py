@@ -7,7 +7,8 @@ from torch import Tensor
 
 from ..models.contract import FeatureShapes
 from .base import DistillContext, Distiller, register_distiller
-from .connectors import full_precision, loss_dtype, paired_stage_maps, pool_to_common
+from .connectors import paired_stage_maps, pool_to_common
+from ..runtime.device import at_least_float32, autocast_off
 
 
 def polynomial_kernel(a: Tensor, b: Tensor) -> Tensor:
@@ -42,8 +43,8 @@ class NST(Distiller):
         paired_stage_maps(student, teacher, "nst")
 
     def spot_loss(self, i: int, s: Tensor, t: Tensor, ctx: DistillContext) -> Tensor:
-        with full_precision(s):
-            s, t = pool_to_common(loss_dtype(s), loss_dtype(t.detach()))
+        with autocast_off(s):
+            s, t = pool_to_common(at_least_float32(s), at_least_float32(t.detach()))
             fs = F.normalize(s.flatten(2), dim=2)
             ft = F.normalize(t.flatten(2), dim=2)
             mmd = (polynomial_kernel(ft, ft).mean() + polynomial_kernel(fs, fs).mean()

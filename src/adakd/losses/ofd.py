@@ -9,7 +9,8 @@ from torch import Tensor, nn
 from ..errors import ConfigError, ShapeError
 from ..models.contract import Features, FeatureShapes
 from .base import DistillContext, Distiller, register_distiller
-from .connectors import loss_dtype, paired_stage_maps, pool_to_common
+from .connectors import paired_stage_maps, pool_to_common
+from ..runtime.device import at_least_float32
 
 
 def _normal_cdf(x: float) -> float:
@@ -117,6 +118,6 @@ class OFD(Distiller):
         return list(f.preact_stages[1:])
 
     def spot_loss(self, i: int, s: Tensor, t: Tensor, ctx: DistillContext) -> Tensor:
-        source, target = pool_to_common(loss_dtype(self.connectors[i](s)), loss_dtype(t.detach()))
+        source, target = pool_to_common(at_least_float32(self.connectors[i](s)), at_least_float32(t.detach()))
         margin = self.margin(i).to(source.dtype)
         return self.weight * self.stage_weights[i] * partial_l2(source, target, margin)

@@ -7,7 +7,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..models.contract import FeatureShapes
 from .base import DistillContext, Distiller, register_distiller
-from .connectors import full_precision, loss_dtype
+from ..runtime.device import at_least_float32, autocast_off
 
 
 def cosine_conditional_probabilities(f: Tensor, eps: float) -> Tensor:
@@ -48,9 +48,9 @@ class PKT(Distiller):
     def spot_loss(self, i: int, s: Tensor, t: Tensor, ctx: DistillContext) -> Tensor:
         if s.shape[0] < 2:
             return s.sum() * 0.0
-        with full_precision(s):
-            p_s = cosine_conditional_probabilities(loss_dtype(s), self.eps)
-            p_t = cosine_conditional_probabilities(loss_dtype(t.detach()), self.eps)
+        with autocast_off(s):
+            p_s = cosine_conditional_probabilities(at_least_float32(s), self.eps)
+            p_t = cosine_conditional_probabilities(at_least_float32(t.detach()), self.eps)
             kl = p_t * torch.log((p_t + self.eps) / (p_s + self.eps))
             return self.weight * kl.mean()
 

@@ -8,7 +8,8 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..models.contract import Features, FeatureShapes
 from .base import DistillContext, Distiller, register_distiller
-from .connectors import loss_dtype, paired_stage_maps
+from .connectors import paired_stage_maps
+from ..runtime.device import at_least_float32
 
 #: Pyramid levels of the hierarchical context loss (output sizes of the adaptive pools).
 HCL_LEVELS = (4, 2, 1)
@@ -113,7 +114,7 @@ class ReviewKD(Distiller):
 
     def forward(self, s: Features, t: Features, ctx: DistillContext) -> dict[str, Tensor]:
         student_levels = list(s.stages[1:]) + [s.pooled[:, :, None, None]]
-        teacher_levels = [loss_dtype(f.detach()) for f in list(t.preact_stages[1:]) + [t.pooled[:, :, None, None]]]
-        outputs = [loss_dtype(o) for o in self.review(student_levels)]
+        teacher_levels = [at_least_float32(f.detach()) for f in list(t.preact_stages[1:]) + [t.pooled[:, :, None, None]]]
+        outputs = [at_least_float32(o) for o in self.review(student_levels)]
         loss = hierarchical_context_loss(outputs, teacher_levels)
         return {self.name: self.weight * self.warmup_factor(ctx) * loss}

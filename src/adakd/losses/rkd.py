@@ -8,7 +8,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..models.contract import Features, FeatureShapes
 from .base import DistillContext, Distiller, register_distiller
-from .connectors import full_precision, loss_dtype
+from ..runtime.device import at_least_float32, autocast_off
 
 
 def pairwise_distances(e: Tensor, eps: float = 1e-12) -> Tensor:
@@ -67,8 +67,8 @@ class RKD(Distiller):
         if s.shape[0] < 2:
             zero = s.sum() * 0.0
             return {"rkd_distance": zero, "rkd_angle": zero}
-        with full_precision(s):
-            s, t = loss_dtype(s).flatten(1), loss_dtype(t.detach()).flatten(1)
+        with autocast_off(s):
+            s, t = at_least_float32(s).flatten(1), at_least_float32(t.detach()).flatten(1)
             loss_d = F.smooth_l1_loss(normalized_distances(s), normalized_distances(t))
             loss_a = F.smooth_l1_loss(triplet_angles(s), triplet_angles(t))
         return {"rkd_distance": self.weight * self.distance_weight * loss_d,

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from ..models.contract import FeatureShapes
 from .base import DistillContext, Distiller, register_distiller
-from .connectors import full_precision, loss_dtype
+from ..runtime.device import at_least_float32, autocast_off
 
 
 def similarity_matrix(f: Tensor) -> Tensor:
@@ -42,6 +42,6 @@ class SP(Distiller):
         bsz = s.shape[0]
         if bsz < 2:
             return s.sum() * 0.0
-        with full_precision(s):
-            diff = similarity_matrix(loss_dtype(s)) - similarity_matrix(loss_dtype(t.detach()))
+        with autocast_off(s):
+            diff = similarity_matrix(at_least_float32(s)) - similarity_matrix(at_least_float32(t.detach()))
             return self.weight * diff.pow(2).sum() / (bsz * bsz)

@@ -10,7 +10,8 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..models.contract import FeatureShapes
 from .base import DistillContext, Distiller, register_distiller
-from .connectors import full_precision, paired_stage_maps, pool_to_common
+from .connectors import paired_stage_maps, pool_to_common
+from ..runtime.device import autocast_off
 
 
 class GaussianRegressor(nn.Module):
@@ -90,7 +91,7 @@ class VID(Distiller):
         regressor = self.regressors[i]
         if s.shape[0] == 0:
             return s.sum() * 0.0 + regressor.alpha.sum() * 0.0
-        with full_precision(s):
+        with autocast_off(s):
             dtype = regressor.alpha.dtype
             s, t = pool_to_common(s.to(dtype), t.detach().to(dtype))
             return self.weight * regressor.negative_log_likelihood(s, t)

@@ -101,3 +101,13 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` for loss arithmetic: bf16/fp16 upcast to float32, float32 and float64 (gradchecks) kept."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def autocast_off(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """A context with autocast off on ``x``'s device (Gram matrices, kernels and SVDs stay in full precision)."""
+    return torch.autocast(device_type=x.device.type, enabled=False)

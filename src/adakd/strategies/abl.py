@@ -48,14 +48,14 @@ from pydantic import BeforeValidator, Field
 from torch import Tensor, nn
 
 from ..data import Batch
-from ..engine import distributed as ddp
-from ..engine.device import autocast
+from ..runtime import distributed as ddp
+from ..runtime.device import at_least_float32, autocast
 from ..errors import ConfigError
 from ..losses.base import DistillContext
 from ..options import StrictOptions
 from ..registry import STRATEGIES
-from .abl_gradients import (abl_forward, apply_mixed, at_least_float32, block_parameters, check_blocks,
-                            local_losses, mixed_backward, separate_gradients)
+from .abl_gradients import (abl_forward, apply_mixed, block_parameters, check_blocks, local_losses, mixed_backward,
+                            separate_gradients)
 from .abl_heads import build_aux_heads, resolve_aux
 from .abl_meta import (HYPERGRADIENTS, OptimizerSnapshot, darts_hypergradient, exact_hypergradient,
                        frozen_bn_stats, preserved_buffers, softmax_backward, step_coefficients)

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..models.contract import ContractModel, Features
+from ..runtime.device import at_least_float32
 
 Grads = list[Tensor]
 
@@ -130,10 +131,6 @@ def abl_forward(student: ContractModel, x: Tensor, heads: Sequence[nn.Module] = 
     features = Features(logits=logits_tap, stages=stages, preact_stages=preacts, pooled=pooled_tap)
     aux = [head(o) for head, o in zip(heads, block_out)]
     return ABLPass(features, logits, block_out, boundaries, taps, aux)
-
-
-def at_least_float32(x: Tensor) -> Tensor:
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def local_losses(p: ABLPass, labels: Tensor) -> list[Tensor]:

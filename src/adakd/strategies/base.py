@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data import Batch
-from ..engine.device import autocast
-from ..engine.distributed import all_finite
+from ..runtime.device import autocast
+from ..runtime.distributed import all_finite
 from ..losses.base import DistillContext, Distiller
 from ..models.contract import ContractModel, Features
 from ..options import StrictOptions, check_options

@@ -31,8 +31,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from ..data import Batch
-from ..engine import distributed as ddp
-from ..engine.device import autocast
+from ..runtime import distributed as ddp
+from ..runtime.device import autocast
 from ..errors import ConfigError
 from ..losses.base import DistillContext, Distiller
 from ..losses.kd import KD

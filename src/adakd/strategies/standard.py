@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..data import Batch
-from ..engine.device import autocast
+from ..runtime.device import autocast
 from ..losses.base import DistillContext
 from ..registry import STRATEGIES
 from .base import Strategy, correct_count

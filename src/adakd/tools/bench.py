@@ -52,20 +52,20 @@ import numpy as np
 import torch
 import yaml
 
-from . import losses as _losses  # noqa: F401  (registers the distillers)
-from . import strategies as _strategies  # noqa: F401  (registers the strategies)
-from .config import OptimizerConfig
-from .data import Batch, DeviceLoader
-from .engine.device import cpu_info, resolve_device
-from .engine.fast import compile_models, prefer_fused
-from .engine.optim import build_optimizer, parameters_of
-from .engine.probe import Candidate, FastPath, StepBuilder, candidates, format_ms, resolve_fast_path, time_steps
-from .errors import AdakdError, ConfigError
-from .losses.base import DistillContext
-from .losses.build import build_distiller
-from .models import build_model
-from .registry import STRATEGIES
-from .strategies import Phase, StrategyContext
+from .. import losses as _losses  # noqa: F401  (registers the distillers)
+from .. import strategies as _strategies  # noqa: F401  (registers the strategies)
+from ..config import OptimizerConfig
+from ..data import Batch, DeviceLoader
+from ..runtime.device import cpu_info, resolve_device
+from ..engine.fast import compile_models, prefer_fused
+from ..engine.optim import build_optimizer, parameters_of
+from ..engine.probe import Candidate, FastPath, StepBuilder, candidates, format_ms, resolve_fast_path, time_steps
+from ..errors import AdakdError, ConfigError
+from ..losses.base import DistillContext
+from ..losses.build import build_distiller
+from ..models import build_model
+from ..registry import STRATEGIES
+from ..strategies import Phase, StrategyContext
 
 #: CIFAR-100's normalisation (the default random data set is CIFAR-shaped).
 CIFAR_MEAN = (0.5071, 0.4867, 0.4408)

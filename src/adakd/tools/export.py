@@ -33,10 +33,10 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from . import __version__
-from .engine.checkpoint import atomic_write_text, load_checkpoint, load_weights
-from .errors import AdakdError, CheckpointError, ConfigError
-from .models import build_model
+from ..version import __version__
+from ..engine.checkpoint import atomic_write_text, load_checkpoint, load_weights
+from ..errors import AdakdError, CheckpointError, ConfigError
+from ..models import build_model
 
 #: format -> file suffix of the export
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
@@ -93,7 +93,7 @@ def _dataset_info(meta: dict[str, Any]) -> Any:
     data = meta.get("data") or {}
     if not data.get("name"):
         return None
-    from .data.build import open_dataset
+    from ..data.build import open_dataset
 
     try:
         return open_dataset(data["name"], data.get("root"), False, data.get("image_size"),

@@ -50,8 +50,8 @@ from typing import Any, Callable
 
 import yaml
 
-from .config import RunConfig, apply_overrides, deep_merge, load_raw, validate
-from .errors import ConfigError
+from ..config import RunConfig, apply_overrides, deep_merge, load_raw, validate
+from ..errors import ConfigError
 
 SWEEP_KEYS = ("name", "base", "output_dir", "seeds", "overrides", "grid", "exclude")
 RUN_META = "sweep.json"

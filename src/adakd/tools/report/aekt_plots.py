@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 
 def top_related_classes(weight: np.ndarray, class_index: int, k: int = 20) -> np.ndarray:
@@ -81,7 +81,7 @@ def plot_class_relations(weight: np.ndarray, class_names: Sequence[str] | None, 
 # --------------------------------------------------------------------------- `adakd plot RUN_DIR`
 def _serializer_weight(run_dir: Path) -> np.ndarray | None:
     """The learned C x C serialization layer of an AEKT run (from checkpoints/last.pt), or None."""
-    from ..engine.checkpoint import load_checkpoint
+    from ...engine.checkpoint import load_checkpoint
 
     path = run_dir / "checkpoints" / "last.pt"
     if not path.exists():
@@ -97,7 +97,7 @@ def _serializer_weight(run_dir: Path) -> np.ndarray | None:
 def _class_names(run_dir: Path) -> list[str] | None:
     import yaml
 
-    from ..data import open_dataset
+    from ...data import open_dataset
 
     try:
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text())

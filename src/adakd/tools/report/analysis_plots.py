@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import AdakdError, ConfigError
+from ...errors import AdakdError, ConfigError
 from .curves import read_epochs
 from .plots import register_plotter, require_matplotlib
 
 if TYPE_CHECKING:
-    from ..engine.trainer import Trainer
+    from ...engine.trainer import Trainer
 
 ANALYSIS_DIR = "analysis"
 CORRELATION_FILE = "logit_correlation.npz"
@@ -112,7 +112,7 @@ def collect_logits(model: nn.Module, loader: Any, extra: Callable[[Tensor], list
 
 def _teacher_checkpoint(cfg: Any) -> Path:
     """The run's teacher weights without training anything: the configured checkpoint or the cached recipe."""
-    from ..engine.teacher import cache_root, recipe_config, recipe_key
+    from ...engine.teacher import cache_root, recipe_config, recipe_key
 
     teacher = cfg.teacher
     if teacher.checkpoint:
@@ -128,7 +128,7 @@ def _teacher_checkpoint(cfg: Any) -> Path:
 def evaluation_loader(data_cfg: Any, device: torch.device) -> tuple[Any, Any]:
     """(loader over the test split as the run evaluated it -- same test_subset --, DatasetInfo), without
     reading the training split (which for ImageNet-size folders would not fit)."""
-    from ..data import DeviceLoader, balanced_subset, open_dataset
+    from ...data import DeviceLoader, balanced_subset, open_dataset
 
     dataset = open_dataset(data_cfg.name, data_cfg.root, data_cfg.download, data_cfg.image_size, **data_cfg.options)
     images, labels = dataset.load("test")
@@ -149,9 +149,9 @@ def compute_logit_correlation(run_dir: str | Path, which: str = "final", data_ro
     per-block differences when the strategy has a block-logits hook) and returns
     ``{"path", "mean_final", "mean_blocks": [...], "samples"}``.
     """
-    from ..config import load_config
-    from ..engine.device import resolve_device
-    from ..engine.teacher import load_teacher
+    from ...config import load_config
+    from ...runtime.device import resolve_device
+    from ...engine.teacher import load_teacher
     from ..export import load_student, resolve_checkpoint
 
     run_dir = Path(run_dir)

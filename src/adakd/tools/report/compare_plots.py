@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import AdakdError, ConfigError
+from ...errors import AdakdError, ConfigError
 from .curves import read_epochs
 from .plots import require_matplotlib
 

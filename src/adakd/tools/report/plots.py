@@ -10,7 +10,7 @@ import importlib
 from pathlib import Path
 from typing import Callable
 
-from ..errors import AdakdError
+from ...errors import AdakdError
 
 Plotter = Callable[[Path, Path], list[Path]]
 _PLOTTERS: dict[str, Plotter] = {}

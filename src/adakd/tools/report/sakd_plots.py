@@ -43,7 +43,7 @@ def _class_names(run_dir: Path, count: int) -> list[str]:
     try:
         import yaml
 
-        from ..data import open_dataset
+        from ...data import open_dataset
 
         data = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]
         names = list(open_dataset(data["name"], root=data.get("root"), **data.get("options", {})).info.class_names)

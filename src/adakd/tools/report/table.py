@@ -28,7 +28,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 from .published import Published, lookup
 
 SCRATCH = "scratch"

@@ -1,0 +1,109 @@
+"""What the trainer keeps consistent across the ranks of a torchrun job: epoch sums, the resume
+position under another world size, evaluation shards, and the run directory as other ranks see it
+(the primitives under these are :mod:`adakd.runtime.distributed`)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..errors import CheckpointError
+from ..runtime.distributed import DistInfo, active, all_gather_object, control_group
+
+
+def reduce_accumulator(acc: Any) -> None:
+    """In place: sum an EpochAccumulator's sums, steps and samples over the ranks (epoch means of the job)."""
+    if not active():
+        return
+    keys = sorted(set().union(*[set(k) for k in all_gather_object(sorted(acc.sums))]))
+    device = next(iter(acc.sums.values())).device if acc.sums else torch.device("cpu")
+    for key in keys:
+        value = acc.sums.get(key)
+        value = torch.zeros((), device=device, dtype=torch.float32) if value is None else value.clone()
+        if value.device.type == "cpu" and dist.get_backend() == "nccl":
+            value = value.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(value)
+        acc.sums[key] = value.to(device)
+    counts = torch.tensor([acc.steps, acc.samples], dtype=torch.int64)
+    dist.all_reduce(counts, group=control_group())
+    acc.steps, acc.samples = int(counts[0]), int(counts[1])
+
+
+def accumulator_state(acc: Any) -> dict[str, Any] | None:
+    """What a checkpoint stores of an EpochAccumulator: the job's sums (rank 0 reloads them, the others
+    restart from zero, so the epoch means are right after a resume with any number of processes)."""
+    if acc is None:
+        return None
+    if not active():
+        return acc.state_dict()
+    import copy
+
+    total = copy.copy(acc)
+    total.sums = dict(acc.sums)
+    reduce_accumulator(total)
+    return total.state_dict()
+
+
+def resume_position(state: dict[str, Any], loader: Any, steps_per_epoch: int) -> tuple[dict[str, Any], int, int]:
+    """A checkpoint's (loader state, step, position) for this job, whose world size or per-rank batch may
+    differ from the one that wrote it.
+
+    An epoch-end checkpoint (position 0) always fits. Inside an epoch the ranks had consumed the first
+    ``position * batch * W`` samples of the epoch's permutation; this job continues there if that is a
+    whole number of its global batches, else a :class:`CheckpointError` says how to resume.
+    """
+    saved = dict(state["loader"])
+    old_w, old_b = int(saved.get("world_size", 1)), int(saved.get("batch_size", loader.batch_size))
+    new_w, new_b = loader.world_size, loader.batch_size
+    step, position = int(state["step"]), int(state["position"])
+    if (old_w, old_b) == (new_w, new_b):
+        return saved, step, position
+    consumed = int(saved["position"]) * old_b * old_w
+    if consumed % (new_b * new_w):
+        raise CheckpointError(
+            f"the checkpoint was written inside an epoch by {old_w} process(es) x batch {old_b} after "
+            f"{consumed} samples, not a whole number of this job's global batches ({new_w} x {new_b}). Resume "
+            "with the old number of processes and batch size, or from an epoch-end checkpoint.")
+    new_position = consumed // (new_b * new_w)
+    saved.update(world_size=new_w, batch_size=new_b, position=new_position)
+    return saved, int(state["epoch"]) * steps_per_epoch + new_position, new_position
+
+
+def shard_loader(loader: Any, info: DistInfo) -> Any:
+    """This rank's strided shard of an evaluation DeviceLoader (the tensors are shared, not copied)."""
+    if not info.active or getattr(loader, "world_size", None) != 1 or getattr(loader, "shuffle", True):
+        return loader
+    import copy
+
+    shard = copy.copy(loader)
+    shard.rank, shard.world_size = info.rank, info.world_size
+    shard._plan_cache = None
+    return shard
+
+
+def follower_run_dir(path: Any) -> Any:
+    """The run directory as seen by a rank other than 0: same paths, every write a no-op."""
+    import logging
+
+    from .run_dir import RunDir
+
+    class FollowerRunDir(RunDir):
+        def create(self) -> None: ...
+
+        def write_config(self, text: str) -> None: ...
+
+        def append_metrics(self, record: dict[str, Any]) -> None: ...
+
+        def truncate_metrics(self, keep: int) -> None: ...
+
+        def write_summary(self, summary: dict[str, Any]) -> None: ...
+
+        def logger(self, name: str = "adakd") -> logging.Logger:
+            logger = logging.getLogger(f"{name}.follower")
+            logger.propagate = False
+            if not logger.handlers:
+                logger.addHandler(logging.NullHandler())
+            return logger
+
+    return FollowerRunDir(path)

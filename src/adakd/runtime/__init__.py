@@ -1,0 +1,1 @@
+"""The runtime under every layer: device and precision, seeding, distributed primitives (knows nothing of training)."""

@@ -1,0 +1,1 @@
+"""Tools built on the engine: bench, sweep, report and plots, export (users of everything below)."""
