@@ -364,6 +364,24 @@ def test_two_stage_run_records_and_resume_after_kill(tmp_path, fmnist_root, teac
     plain = build_model("resnet8", num_classes=10, in_channels=1, image_size=28, widths=[8, 8, 16]).state_dict()
     exported = load_checkpoint(d / "checkpoints" / "student.pt")["model"]
     assert set(exported) == set(plain)  # no auxiliary heads in the exported student
+    # the per-block logits of the analysis (Strategy.block_logits): the heads of last.pt give the recorded accuracies
+    from adakd.config import load_config
+    from adakd.tools.report.analysis_plots import evaluation_loader
+
+    run_cfg = load_config(d / "config.yaml")
+    student = build_model("resnet8", num_classes=10, in_channels=1, image_size=28, widths=[8, 8, 16])
+    student.load_state_dict(exported)
+    student.eval()
+    heads = ABLStrategy.block_logits(load_checkpoint(d / "checkpoints" / "last.pt")["strategy"],
+                                     run_cfg.strategy.options, student, 10)
+    test, _ = evaluation_loader(run_cfg.data, torch.device("cpu"))
+    correct, seen = [0] * 3, 0  # blocks 1-2: their heads; block 3: the student's classifier
+    with torch.no_grad():
+        for batch in test:
+            for k, z in enumerate([*heads(batch.x), student(batch.x)]):
+                correct[k] += int((z.argmax(1) == batch.y).sum())
+            seen += len(batch.y)
+    assert [100.0 * c / seen for c in correct] == pytest.approx(saved["head_top1"], abs=1e-3)
     try:
         from adakd.tools.report.plots import plot_run
 

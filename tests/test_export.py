@@ -22,7 +22,7 @@ from adakd.tools.export import _CHECKERS, CheckResult, ExportMismatch, export_st
 from adakd.models import build_model
 from adakd.tools.report import analysis_plots
 from adakd.tools.report.analysis_plots import (GradientMagnitudeRecorder, compute_logit_correlation,
-                                         correlation_difference, logit_correlation, record_gradient_magnitudes)
+                                         correlation_difference, logit_correlation, GradientMagnitudeCallback)
 from adakd.tools.report.compare_plots import plot_compare
 from adakd.tools.report.plots import plot_run
 
@@ -51,10 +51,11 @@ def kd_run(tmp_path_factory, fmnist_root) -> Path:
     torch.manual_seed(123)
     teacher = build_model(TINY["name"], num_classes=10, in_channels=1, image_size=28, **TINY["kwargs"])
     save_checkpoint(teacher_ckpt, {"model": teacher.state_dict()})
-    trainer = Trainer(validate(_tiny_kd_config(base / "runs", fmnist_root, teacher_ckpt)), log=lambda m: None)
-    recorder = record_gradient_magnitudes(trainer)
+    recorder = GradientMagnitudeCallback()
+    trainer = Trainer(validate(_tiny_kd_config(base / "runs", fmnist_root, teacher_ckpt)), log=lambda m: None,
+                      callbacks=[recorder])
     summary = trainer.run()
-    assert recorder() is not None
+    assert recorder.recorder is not None
     return Path(summary["run_dir"])
 
 
@@ -277,8 +278,10 @@ def test_run_records_gradients_and_plots_them(kd_run):
 
 
 def test_logit_correlation_of_a_run(kd_run, fmnist_root, monkeypatch):
-    monkeypatch.setitem(analysis_plots._BLOCK_LOGITS, "standard",
-                        lambda run_dir, student, device: lambda x: [student(x) * 2.0 + 1.0, student(x).flip(1)])
+    from adakd.strategies.standard import StandardStrategy
+
+    monkeypatch.setattr(StandardStrategy, "block_logits", classmethod(
+        lambda cls, state, options, student, num_classes: lambda x: [student(x) * 2.0 + 1.0, student(x).flip(1)]))
     result = compute_logit_correlation(kd_run, device="cpu")
     with np.load(result["path"]) as saved:
         arrays = {k: saved[k] for k in saved.files}

@@ -19,6 +19,7 @@ from . import losses as _losses  # noqa: F401  (registers the distillers)
 from . import strategies as _strategies  # noqa: F401  (registers the strategies)
 from .config import RunConfig, load_config
 from .data import DataConfig, build_data, load_split
+from .engine.components import check_config
 from .engine.checkpoint import load_checkpoint, load_weights
 from .runtime.device import resolve_device
 from .engine.evaluate import evaluate
@@ -34,18 +35,6 @@ __all__ = [
     "build_distiller", "build_data", "load_split", "DataConfig", "DistillContext", "MODELS", "DATASETS",
     "DISTILLERS", "STRATEGIES",
 ]
-
-
-def check_config(cfg: RunConfig) -> None:
-    """Check that every name in ``cfg`` exists and that the models, losses and strategy build
-    (on dummy shapes of the dataset; no data is read)."""
-    MODELS.get(cfg.student.name)
-    DATASETS.get(cfg.data.name)
-    STRATEGIES.get(cfg.strategy.name)
-    if cfg.teacher is not None:
-        MODELS.get(cfg.teacher.name)
-    for name in cfg.losses:
-        DISTILLERS.get(name)
 
 
 def _read_run_config(run_dir: Path) -> RunConfig | None:

@@ -131,9 +131,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:
         from .api import check_config
 
-        check_config(cfg)
+        built = check_config(cfg)
         print(dump_config(cfg), end="")
-        print("config OK", file=sys.stderr)
+        print(f"config OK: {built['dataset']} {'x'.join(map(str, built['image_shape']))}, {built['classes']} classes; "
+              f"student {built['student']}, teacher {built['teacher']}, losses {built['losses'] or ['ce only']}, "
+              f"strategy {built['strategy']} (phases {', '.join(built['phases'])}): every part built and stepped "
+              "once on a random batch, data files found", file=sys.stderr)
         return 0
     if args.allow_changes and not args.resume:
         raise ConfigError("--allow-changes only applies with --resume.")

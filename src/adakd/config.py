@@ -163,6 +163,8 @@ class TrainConfig(_Strict):
     on_nonfinite: Literal["error", "skip"] = "error"
     #: Multi-process (torchrun) runs: BatchNorm statistics over the global batch instead of each rank's shard.
     sync_batchnorm: bool = False
+    #: Also write every epoch's metrics as TensorBoard scalars to RUN_DIR/tensorboard (the tensorboard extra).
+    tensorboard: bool = False
 
 
 class StrategyConfig(_Strict):

@@ -1,4 +1,4 @@
-"""One registry pattern for every pluggable kind (models, datasets, distillers, strategies).
+"""One registry pattern for every pluggable kind (models, datasets, distillers, strategies, plotters).
 
     MODELS = Registry("model")
 
@@ -90,3 +90,5 @@ MODELS = Registry("model")
 DATASETS = Registry("dataset")
 DISTILLERS = Registry("distiller")
 STRATEGIES = Registry("strategy")
+#: ``adakd plot`` plotters: fn(run_dir, out_dir) -> [written files] (tools/report/plots.py)
+PLOTTERS = Registry("plotter")

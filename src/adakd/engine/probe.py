@@ -268,19 +268,6 @@ def time_steps(build: StepBuilder, options: list[Candidate], budget_s: float = B
         set_rng_state(state)
 
 
-def synthetic_batch(batch_size: int, shape: tuple[int, int, int], num_classes: int, num_samples: int,
-                    device: torch.device, channels_last: bool) -> Any:
-    """A normalised-looking random batch (N(0, 1) pixels), from a private generator."""
-    from ..data import Batch
-
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn((batch_size, *shape), generator=gen)
-    y = torch.randint(0, num_classes, (batch_size,), generator=gen)
-    index = torch.arange(batch_size) % max(num_samples, 1)
-    x = x.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    return Batch(x, y.to(device), index.to(device))
-
-
 def strategy_step_builder(cfg: Any, student: torch.nn.Module, teacher: torch.nn.Module | None,
                           device: torch.device, *, num_classes: int, image_shape: tuple[int, int, int],
                           num_train: int, steps_per_epoch: int, val_loader: Any = None,
@@ -289,32 +276,19 @@ def strategy_step_builder(cfg: Any, student: torch.nn.Module, teacher: torch.nn.
     the config's distiller and strategy built on them (no run directory), the strategy's main phase
     and optimiser, and one step of it on a synthetic batch."""
     from ..losses.base import DistillContext
-    from ..losses.build import build_distiller
-    from ..registry import STRATEGIES
-    from ..strategies import StrategyContext
-    from .fast import prefer_fused
-    from .optim import build_optimizer, parameters_of
+    from .components import build_components, build_phase_optimizer, spec_of, synthetic_batch
 
     def build(c: Candidate) -> Callable[[], None]:
         s, t = copy.deepcopy(student), copy.deepcopy(teacher)
-        d = build_distiller(cfg.losses, s, t, num_samples=num_train)
-        for module in (s, t, d):
-            if module is not None:
-                module.to(device)
-                if c.channels_last:
-                    module.to(memory_format=torch.channels_last)
-        strategy = STRATEGIES.build(cfg.strategy.name, StrategyContext(
-            student=s, teacher=t, distiller=d, ce_weight=cfg.ce_weight, device=device, precision=c.precision,
-            num_classes=num_classes, options=dict(cfg.strategy.options), epochs=cfg.train.epochs,
-            val_loader=val_loader, test_loader=test_loader, run_dir=None, steps_per_epoch=steps_per_epoch,
-            seed=cfg.seed))
-        phase = strategy.phases()[-1]
+        parts = build_components(spec_of(cfg), s, t, device=device, precision=c.precision,
+                                 channels_last=c.channels_last, num_classes=num_classes, num_train=num_train,
+                                 steps_per_epoch=steps_per_epoch, val_loader=val_loader, test_loader=test_loader)
+        phase = parts.phases[-1]
         if phase.on_start is not None:
             phase.on_start()
-        strategy.on_epoch_start(0)
+        parts.strategy.on_epoch_start(0)
         phase.model.train()
-        ocfg = cfg.train.optimizer
-        optimizer = prefer_fused(build_optimizer(parameters_of(phase.modules), ocfg, ocfg.lr), device)
+        optimizer = build_phase_optimizer(phase, cfg.train.optimizer, cfg.train.optimizer.lr, device)
         batch = synthetic_batch(cfg.data.batch_size, image_shape, num_classes, num_train, device, c.channels_last)
         ctx = DistillContext(labels=batch.y, indices=batch.index, epoch=0, step=0, epochs_total=1, progress=0.0)
 

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -26,19 +26,19 @@ from ..config import RunConfig, dump_config, load_raw
 from ..data import build_data
 from ..errors import AdakdError, CheckpointError, ConfigError
 from ..losses.base import DistillContext
-from ..losses.build import build_distiller
-from ..models import build_model
 from ..models.contract import ContractModel
-from ..registry import DATASETS, DISTILLERS, MODELS, STRATEGIES
-from ..strategies import Phase, StrategyContext
+from ..strategies import Phase
+from .callbacks import Callback, CallbackList, TensorBoardWriter
 from .checkpoint import clean_stale_temporaries, load_checkpoint, load_weights, previous_path, save_checkpoint
 from ..runtime.device import resolve_device
 from ..runtime import distributed as ddp
 from . import ranks
+from .components import (build_components, build_phase_optimizer, build_student, check_names_and_options,
+                         spec_of)
 from .evaluate import evaluate
-from .fast import compile_models, prefer_fused
+from .fast import compile_models
 from .probe import resolve_run_fast_path
-from .optim import StepSchedule, build_optimizer, parameters_of
+from .optim import StepSchedule
 from .run_dir import RunDir, RunDirLock
 from ..runtime.seeding import rng_state, seed_everything, set_rng_state
 from .teacher import load_teacher, teacher_checkpoint_path
@@ -209,8 +209,10 @@ class Trainer:
     """Runs one config end to end; see the module docstring."""
 
     def __init__(self, cfg: RunConfig, log: Callable[[str], None] | None = None, distributed: bool = True,
-                 allow_changes: tuple[str, ...] = ()) -> None:
+                 allow_changes: tuple[str, ...] = (), callbacks: Iterable[Callback] = ()) -> None:
         self.cfg = cfg
+        self._callbacks = list(callbacks)  # plus the config's own (TensorBoard), joined in setup()
+        self.callbacks = CallbackList()
         self.allow_changes = tuple(allow_changes)
         self._made: list[Path] | None = None  # what rank 0 created for this run (removed if setup fails)
         self._setup_done = False
@@ -238,9 +240,7 @@ class Trainer:
         raise AdakdError(f"too many runs named {base}; choose another name.")
 
     def build_student(self) -> ContractModel:
-        info = self.data.info
-        return build_model(self.cfg.student.name, num_classes=info.num_classes, in_channels=info.in_channels,
-                           image_size=info.image_size, **self.cfg.student.kwargs)
+        return build_student(self.cfg.student, self.data.info)
 
     def _prepare_model(self, model: nn.Module) -> nn.Module:
         model.to(self.device)
@@ -283,19 +283,15 @@ class Trainer:
         self._prepare_model(self.student)
         if cfg.train.sync_batchnorm and self.dist.active:
             ddp.convert_sync_batchnorm(self.student, self.device)
-        ddp.broadcast_module(self.student)
-        self.distiller = build_distiller(cfg.losses, self.student, self.teacher, num_samples=self.data.num_train)
-        if self.distiller is not None:
-            self._prepare_model(self.distiller)
-            ddp.broadcast_module(self.distiller)
-        self.strategy = STRATEGIES.build(cfg.strategy.name, StrategyContext(
-            student=self.student, teacher=self.teacher, distiller=self.distiller, ce_weight=cfg.ce_weight,
-            device=self.device, precision=self.precision, num_classes=self.data.info.num_classes,
-            options=dict(cfg.strategy.options),
-            skip_nonfinite=cfg.train.on_nonfinite == "skip", epochs=cfg.train.epochs, val_loader=self.data.val,
-            test_loader=self.data.test, run_dir=self.run_dir.path if self.dist.is_main else None,
-            steps_per_epoch=self.steps_per_epoch, seed=cfg.seed))
-        self.phases = self.strategy.phases()
+        parts = build_components(
+            spec_of(cfg), self.student, self.teacher, device=self.device, precision=self.precision,
+            channels_last=self.channels_last, num_classes=self.data.info.num_classes, num_train=self.data.num_train,
+            steps_per_epoch=self.steps_per_epoch, val_loader=self.data.val, test_loader=self.data.test,
+            run_dir=self.run_dir.path if self.dist.is_main else None, skip_nonfinite=cfg.train.on_nonfinite == "skip")
+        self.distiller, self.strategy, self.phases = parts.distiller, parts.strategy, parts.phases
+        for module in (self.student, self.distiller):  # one set of initial weights for every rank
+            if module is not None:
+                ddp.broadcast_module(module)
         if cfg.train.sync_batchnorm and self.dist.active:  # connectors, auxiliary heads: every trained module
             for phase in self.phases:
                 for module in phase.modules:
@@ -303,6 +299,9 @@ class Trainer:
         if cfg.train.compile:  # forward_features of student and teacher (what the strategies call)
             compile_models([self.student, self.teacher], self.device, cfg.train.compile_mode,
                            static_shapes=cfg.data.drop_last, cache_dir=self.run_dir.path / "inductor_cache")
+        own = [TensorBoardWriter()] if cfg.train.tensorboard else []
+        self.callbacks = CallbackList([*own, *self._callbacks], is_main=self.dist.is_main)
+        self.callbacks.on_setup(self)
 
     def _create_run_dir(self, config_text: str) -> str:
         """Rank 0: choose the run directory, check a resumed run's config against its own (nothing is written
@@ -375,6 +374,7 @@ class Trainer:
         """save_checkpoint on rank 0 only; ``last.pt``'s previous version stays as ``last.prev.pt``."""
         if self.dist.is_main:
             save_checkpoint(path, payload, keep_previous=path == self.run_dir.last_checkpoint)
+        self.callbacks.on_checkpoint(self, path)
 
     def _has_checkpoint(self) -> bool:
         last = self.run_dir.last_checkpoint
@@ -404,8 +404,7 @@ class Trainer:
         lr = ocfg.lr
         if ocfg.lr_reference_batch:
             lr *= self.cfg.data.batch_size * self.dist.world_size / ocfg.lr_reference_batch  # global batch
-        optimizer = ddp.sync_gradients(prefer_fused(build_optimizer(parameters_of(phase.modules), ocfg, lr),
-                                                    self.device))
+        optimizer = ddp.sync_gradients(build_phase_optimizer(phase, ocfg, lr, self.device))
         sched_cfg = self.cfg.train.schedule
         if phase.schedule == "constant":
             sched_cfg = sched_cfg.model_copy(update={"name": "constant", "warmup_epochs": 0.0})
@@ -478,19 +477,8 @@ class Trainer:
             if self._lock is not None:
                 self._lock.release()
 
-    def _check_names(self) -> None:
-        """Every registry name of the config exists: a typo fails now, not after a teacher has trained."""
-        cfg = self.cfg
-        MODELS.get(cfg.student.name)
-        DATASETS.get(cfg.data.name)
-        STRATEGIES.get(cfg.strategy.name)
-        if cfg.teacher is not None:
-            MODELS.get(cfg.teacher.name)
-        for name in cfg.losses:
-            DISTILLERS.get(name)
-
     def _run(self) -> dict[str, Any]:
-        self._check_names()
+        check_names_and_options(self.cfg)  # a typo fails now, not after a teacher has trained
         self.setup()
         self._setup_done = True
         cfg = self.cfg
@@ -531,6 +519,7 @@ class Trainer:
         phase = self.phases[index]
         if state is None and phase.on_start is not None:
             phase.on_start()
+        self.callbacks.on_phase_start(self, phase)
         optimizer, schedule = self._phase_optimizer(phase)
         start_epoch, step, position = 0, 0, 0
         acc_state = None
@@ -585,6 +574,7 @@ class Trainer:
                     t.copy_(saved)
             else:
                 acc.add(terms, batch.y.shape[0], step, bad_grad)
+            self.callbacks.on_step_end(self, step, terms)
             step += 1
             if bar is not None:
                 bar.update(1)
@@ -683,6 +673,7 @@ class Trainer:
             record["skipped_steps"] = self.skipped_steps
         record["train_seconds"] = round(self.train_seconds, 3)
         record["seconds"] = round(time.time(), 3)
+        self.callbacks.on_epoch_end(self, record)
         self.run_dir.append_metrics(record)
         self._save(self.run_dir.last_checkpoint, self._state(index, epoch + 1, step, optimizer, None, 0))
         msg = f"[{phase.name} {epoch + 1}/{phase.epochs}] loss {record.get('loss', float('nan')):.4f}"
@@ -740,6 +731,7 @@ class Trainer:
         else:  # a finished run resumed again: keep what the strategy recorded
             previous = self.run_dir.read_summary() or {}
             summary.update({k: v for k, v in previous.items() if k not in summary})
+        self.callbacks.on_run_end(self, summary)
         self.run_dir.write_summary(summary)
         self._log(f"done: best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']}), "
                   f"last {summary['last_top1']:.2f}%, {summary['train_seconds']:.0f} s, "
@@ -748,13 +740,14 @@ class Trainer:
 
 
 def train(cfg: RunConfig, log: Callable[[str], None] | None = None,
-          allow_changes: tuple[str, ...] = ()) -> dict[str, Any]:
+          allow_changes: tuple[str, ...] = (), callbacks: Iterable[Callback] = ()) -> dict[str, Any]:
     """Run ``cfg`` (and, with ``compare_scratch``, the same student without a teacher); return the summary.
-    ``allow_changes``: config keys that may differ from a resumed run's own (see ALLOWED_CHANGES).
+    ``allow_changes``: config keys that may differ from a resumed run's own (see ALLOWED_CHANGES);
+    ``callbacks``: :class:`~adakd.engine.callbacks.Callback` objects called at the trainer's events.
 
     Under torchrun this joins the job (engine/distributed.py) and leaves it at the end."""
     try:
-        summary = Trainer(cfg, log, allow_changes=allow_changes).run()
+        summary = Trainer(cfg, log, allow_changes=allow_changes, callbacks=callbacks).run()
         if cfg.compare_scratch and cfg.teacher is not None:
             run_dir = Path(summary["run_dir"]) / "scratch"
             scratch_cfg = cfg.model_copy(update={

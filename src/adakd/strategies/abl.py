@@ -499,6 +499,26 @@ class ABLStrategy(Strategy):
         return {"abl_gammas": record["gammas"], "abl_gamma_source": self.source, "abl_head_top1": accs}
 
     # ------------------------------------------------------------------ state
+    @classmethod
+    def block_logits(cls, state: dict[str, Any], options: dict[str, Any], student: nn.Module, num_classes: int) -> Any:
+        """x -> [phi_b(h_b) for every block but the last]: the run's auxiliary heads as ``state`` (its last
+        checkpoint's strategy state) holds them; the exported student carries no heads."""
+        opts = cls.check_options(options)
+        if opts.student_error == "global" or not state.get("heads"):
+            return None
+        param = next(student.parameters())
+        with torch.no_grad():
+            x = torch.zeros((2, *student.input_shape), device=param.device, dtype=param.dtype)
+            shapes = [tuple(o.shape[1:]) for o in abl_forward(student.eval(), x).block_out]
+        heads = build_aux_heads(shapes, num_classes, resolve_aux(opts.aux)).to(param.device)
+        heads.load_state_dict(state["heads"])
+        heads.eval()
+
+        def logits(x: Tensor) -> list[Tensor]:
+            return list(abl_forward(student, x, heads).aux_logits)
+
+        return logits
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "gamma": self.gamma.detach().cpu(),

@@ -173,6 +173,14 @@ class Strategy:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    @classmethod
+    def block_logits(cls, state: dict[str, Any], options: dict[str, Any], student: nn.Module, num_classes: int
+                     ) -> Callable[[Tensor], list[Tensor]] | None:
+        """For a run of this strategy (``state``: its :meth:`state_dict` from the run's ``last.pt``; ``options``:
+        its ``strategy.options``): x -> the logits of each block (e.g. ABL's auxiliary heads), for the ABL
+        paper's per-block logit-correlation analysis; None where the strategy has none."""
+        return None
+
     def export_student(self) -> nn.Module:
         """The deployable student alone (no connectors, heads or policies)."""
         return self.student

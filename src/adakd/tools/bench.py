@@ -57,15 +57,15 @@ from .. import strategies as _strategies  # noqa: F401  (registers the strategie
 from ..config import OptimizerConfig
 from ..data import Batch, DeviceLoader
 from ..runtime.device import cpu_info, resolve_device
-from ..engine.fast import compile_models, prefer_fused
-from ..engine.optim import build_optimizer, parameters_of
+from ..engine.components import ComponentSpec, build_components, build_phase_optimizer
+from ..engine.fast import compile_models
+from ..engine.optim import parameters_of
 from ..engine.probe import Candidate, FastPath, StepBuilder, candidates, format_ms, resolve_fast_path, time_steps
 from ..errors import AdakdError, ConfigError
 from ..losses.base import DistillContext
-from ..losses.build import build_distiller
 from ..models import build_model
 from ..registry import STRATEGIES
-from ..strategies import Phase, StrategyContext
+from ..strategies import Phase
 
 #: CIFAR-100's normalisation (the default random data set is CIFAR-shaped).
 CIFAR_MEAN = (0.5071, 0.4867, 0.4408)
@@ -331,17 +331,13 @@ class Rig:
             p.requires_grad_(False)
         self.student = build_model(s.student, num_classes=s.num_classes, in_channels=s.in_channels,
                                    image_size=s.image_size, **s.student_kwargs)
-        self.distiller = build_distiller(case.losses, self.student, self.teacher, num_samples=len(labels))
-        for module in (self.teacher, self.student, self.distiller):
-            if module is not None:
-                module.to(device)
-                if spec.channels_last:
-                    module.to(memory_format=torch.channels_last)
-        self.strategy = STRATEGIES.build(case.strategy, StrategyContext(
-            student=self.student, teacher=self.teacher, distiller=self.distiller, ce_weight=1.0, device=device,
-            precision=spec.precision, num_classes=s.num_classes, options=dict(case.options), epochs=1,
-            val_loader=self.val, test_loader=self.val, run_dir=None, steps_per_epoch=len(fast_train), seed=s.seed))
-        self.phase = _pick_phase(self.strategy.phases(), case)
+        parts = build_components(
+            ComponentSpec(losses=case.losses, strategy=case.strategy, strategy_options=dict(case.options),
+                          seed=s.seed), self.student, self.teacher, device=device, precision=spec.precision,
+            channels_last=spec.channels_last, num_classes=s.num_classes, num_train=len(labels),
+            steps_per_epoch=len(fast_train), val_loader=self.val, test_loader=self.val)
+        self.distiller, self.strategy = parts.distiller, parts.strategy
+        self.phase = _pick_phase(parts.phases, case)
         if self.phase.on_start is not None:
             self.phase.on_start()
         self.strategy.on_epoch_start(0)
@@ -349,7 +345,7 @@ class Rig:
         if spec.optimizer == "torch-default":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=s.lr, momentum=0.9, weight_decay=5e-4)
         else:
-            self.optimizer = prefer_fused(build_optimizer(params, OptimizerConfig(lr=s.lr), s.lr), device)
+            self.optimizer = build_phase_optimizer(self.phase, OptimizerConfig(lr=s.lr), s.lr, device)
         if spec.compile:
             cache = s.compile_cache_dir or os.path.join(tempfile.gettempdir(), "adakd-bench-inductor")
             compile_models([self.student, self.teacher], device, spec.compile_mode, static_shapes=True,

@@ -6,14 +6,14 @@ Distillation", ICLR 2023 submission; papers/abl-adaptive-block-wise-learning.txt
    0 off the diagonal for a constant column). The plot shows D = |R_teacher - R_student| (C x C) and
    its mean: small means the student reproduces the teacher's inter-class structure.
    :func:`compute_logit_correlation` computes it for the final logits and, where a strategy
-   registered a block-logits hook (:func:`register_block_logits`, e.g. ABL's auxiliary heads), for
+   has per-block logits (``Strategy.block_logits``, e.g. ABL's auxiliary heads), for
    each block's logits against the teacher's final logits; it saves
    ``RUN_DIR/analysis/logit_correlation.npz``, which the ``analysis`` plotter draws.
 2. **Gradient magnitude of the first and last layer over training** (Fig. 5 b/c: no vanishing
    gradient under ABL). :class:`GradientMagnitudeRecorder` is opt-in: it averages mean |g| of the
    first layer's and the classifier's weight over the optimiser steps of each epoch and adds
-   ``grad_first_layer`` / ``grad_last_layer`` to metrics.jsonl (``record_gradient_magnitudes(trainer)``
-   from the Python API; the ``analysis`` plotter draws ``gradients.png`` when present).
+   ``grad_first_layer`` / ``grad_last_layer`` to metrics.jsonl (``callbacks=[GradientMagnitudeCallback()]``
+   in the Python API; the ``analysis`` plotter draws ``gradients.png`` when present).
 
 ``adakd plot RUN --analysis`` computes (1) and draws both.
 """
@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import AdakdError, ConfigError
+from ...engine.callbacks import Callback
 from .curves import read_epochs
 from .plots import register_plotter, require_matplotlib
 
@@ -67,23 +68,6 @@ def correlation_difference(student_logits: Tensor | np.ndarray, teacher_logits: 
     if rs.shape != rt.shape:
         raise ConfigError(f"student and teacher have different class counts ({rs.shape[0]} vs {rt.shape[0]}).")
     return np.abs(rt - rs)
-
-
-#: strategy name -> hook(run_dir, student, device) returning fn(x) -> [logits of block 1, ..., block L-1]
-#: (each [B, C]), or None when the run has no block heads. ABL registers one that loads its auxiliary
-#: heads phi_l from ``checkpoints/last.pt`` (the student checkpoints hold the student only).
-BlockLogitsHook = Callable[[Path, nn.Module, torch.device], "Callable[[Tensor], list[Tensor]] | None"]
-_BLOCK_LOGITS: dict[str, BlockLogitsHook] = {}
-
-
-def register_block_logits(strategy: str) -> Callable[[BlockLogitsHook], BlockLogitsHook]:
-    """Decorator: per-block logits for runs of ``strategy`` (see :data:`BlockLogitsHook`)."""
-
-    def decorate(fn: BlockLogitsHook) -> BlockLogitsHook:
-        _BLOCK_LOGITS[strategy] = fn
-        return fn
-
-    return decorate
 
 
 @torch.no_grad()
@@ -167,8 +151,15 @@ def compute_logit_correlation(run_dir: str | Path, which: str = "final", data_ro
     student, _ = load_student(resolve_checkpoint(run_dir, which))
     student.to(dev)
     teacher = load_teacher(cfg.teacher, info, dev, _teacher_checkpoint(cfg))
-    hook = _BLOCK_LOGITS.get(cfg.strategy.name)
-    extra = hook(run_dir, student, dev) if hook is not None else None
+    extra = None
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.is_file():  # the strategy's per-block logits (ABL's auxiliary heads), from its last training state
+        from ...engine.checkpoint import load_checkpoint
+        from ...registry import STRATEGIES
+
+        state = load_checkpoint(last).get("strategy") or {}
+        extra = STRATEGIES.get(cfg.strategy.name).factory.block_logits(state, cfg.strategy.options, student,
+                                                                        info.num_classes)
     z_s, blocks = collect_logits(student, test, extra, max_samples)
     z_t, _ = collect_logits(teacher, test, None, max_samples)
     arrays = {"final": correlation_difference(z_s, z_t)}
@@ -273,42 +264,31 @@ class GradientMagnitudeRecorder:
         self._handle.remove()
 
 
-def record_gradient_magnitudes(trainer: "Trainer") -> Callable[[], GradientMagnitudeRecorder | None]:
-    """Opt in to the gradient record for ``trainer`` (before ``trainer.run()``).
+class GradientMagnitudeCallback(Callback):
+    """The gradient record of a run, as a trainer callback: ``train(cfg, callbacks=[GradientMagnitudeCallback()])``.
 
-    After the trainer's setup, a :class:`GradientMagnitudeRecorder` on its student adds its
-    epoch means to every metrics.jsonl record (through the strategy's ``epoch_metrics``) and
-    writes the layer names to ``RUN_DIR/analysis/grad_layers.json``; the hook is removed when
-    the run finishes. Returns a function giving the recorder (None before setup).
-    """
-    holder: dict[str, GradientMagnitudeRecorder] = {}
-    setup, finish = trainer.setup, trainer.finish
+    At set-up a :class:`GradientMagnitudeRecorder` watches the student; each epoch record gets its means
+    (``grad_first_layer`` / ``grad_last_layer``); the layer names go to ``RUN_DIR/analysis/grad_layers.json``;
+    the hook is removed when the run ends."""
 
-    def setup_then_attach() -> None:
-        setup()
-        recorder = GradientMagnitudeRecorder(trainer.student)
-        holder["recorder"] = recorder
-        strategy_metrics = trainer.strategy.epoch_metrics
+    def __init__(self) -> None:
+        self.recorder: GradientMagnitudeRecorder | None = None
 
-        def epoch_metrics() -> dict[str, Any]:
-            return {**strategy_metrics(), **recorder.epoch_metrics()}
+    def on_setup(self, trainer: "Trainer") -> None:
+        self.recorder = GradientMagnitudeRecorder(trainer.student)
+        if trainer.dist.is_main:
+            folder = trainer.run_dir.path / ANALYSIS_DIR
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "grad_layers.json").write_text(json.dumps(
+                {"grad_first_layer": self.recorder.first_name, "grad_last_layer": self.recorder.last_name}) + "\n")
 
-        trainer.strategy.epoch_metrics = epoch_metrics  # type: ignore[method-assign]
-        folder = trainer.run_dir.path / ANALYSIS_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "grad_layers.json").write_text(json.dumps(
-            {"grad_first_layer": recorder.first_name, "grad_last_layer": recorder.last_name}) + "\n")
+    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+        if self.recorder is not None:
+            record.update(self.recorder.epoch_metrics())
 
-    def finish_then_close(final: bool) -> dict[str, Any]:
-        try:
-            return finish(final)
-        finally:
-            if "recorder" in holder:
-                holder["recorder"].close()
-
-    trainer.setup = setup_then_attach  # type: ignore[method-assign]
-    trainer.finish = finish_then_close  # type: ignore[method-assign]
-    return lambda: holder.get("recorder")
+    def on_run_end(self, trainer: "Trainer", summary: dict[str, Any]) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
 
 
 def plot_gradient_magnitudes(records: list[dict[str, Any]], path: Path, layer_names: dict[str, str] | None = None,

@@ -11,20 +11,17 @@ from pathlib import Path
 from typing import Callable
 
 from ...errors import AdakdError
+from ...registry import PLOTTERS
 
 Plotter = Callable[[Path, Path], list[Path]]
-_PLOTTERS: dict[str, Plotter] = {}
 
 #: Modules whose import registers plotters.
 _PLOTTER_MODULES = ["curves", "aekt_plots", "sakd_plots", "abl_plots", "analysis_plots"]
 
 
 def register_plotter(name: str) -> Callable[[Plotter], Plotter]:
-    def decorate(fn: Plotter) -> Plotter:
-        _PLOTTERS[name] = fn
-        return fn
-
-    return decorate
+    """Decorator: ``fn(run_dir, out_dir) -> [paths]`` becomes one of ``adakd plot``'s plotters (a plugin may add its own)."""
+    return PLOTTERS.register(name)
 
 
 def require_matplotlib():
@@ -51,6 +48,6 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
             if exc.name != f"{__package__}.{module}":
                 raise
     written: list[Path] = []
-    for fn in _PLOTTERS.values():
-        written.extend(fn(run_dir, out))
+    for entry in PLOTTERS.entries():
+        written.extend(entry.factory(run_dir, out))
     return written
