@@ -237,3 +237,78 @@ def test_helpers_are_no_ops_in_one_process():
 def test_launched_by_torchrun_reads_world_size_without_raising(value, expected, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", value)
     assert ddp.launched_by_torchrun() is expected
+
+
+# ------------------------------------------------------------------------------------------ issue 17
+def test_default_batchnorm_reports_the_checkpointed_models_accuracy(tmp_path, fmnist_root):
+    """Bug 1 of issue 17: with ``sync_batchnorm: false`` (the default) each rank's BatchNorm running statistics
+    follow its own shard. The test accuracy reported at an epoch end must be that of the model the run
+    checkpoints (student.pt / best.pt), evaluated alone on the whole test split."""
+    from adakd.api import evaluate_checkpoint
+
+    run_dir = tmp_path / "two"
+    cfg = tmp_path / "two.yaml"
+    cfg.write_text(yaml.safe_dump(tiny(fmnist_root, run_dir, sync_batchnorm=False)))
+    finish(torchrun(["--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port())],
+                    cfg, "data.batch_size=16"))
+    reported = metrics(run_dir)[-1]
+    for which in ("final", "best"):
+        alone = evaluate_checkpoint(run_dir, which, device="cpu")
+        assert alone["count"] == 500
+        assert alone["loss"] == pytest.approx(reported["test_loss"], abs=1e-5), which
+        assert alone["top1"] == reported["test_top1"], which
+
+
+NAN_ON_RANK_1 = '''
+import torch.distributed as dist
+from adakd.losses.base import register_distiller
+from adakd.losses.kd import KD
+
+
+@register_distiller
+class KDNaNOnRank1(KD):
+    """KD whose loss is NaN on rank 1 at step 1 only (one rank sees a non-finite loss, the others do not)."""
+
+    name = "kd_nan_on_rank1"
+
+    def forward(self, s, t, ctx):
+        terms = super().forward(s, t, ctx)
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() == 1 and ctx.step == 1:
+            terms = {k: v * float("nan") for k, v in terms.items()}
+        return terms
+'''
+
+
+@pytest.mark.parametrize("strategy", ["abl", "standard"])
+def test_skip_on_one_rank_is_a_decision_of_every_rank(strategy, tmp_path, fmnist_root):
+    """Bug 2 of issue 17: ``on_nonfinite: skip`` and a NaN loss on rank 1 alone (step 1). Every rank must skip
+    that step together; a rank that decides alone leaves the collectives mismatched (a hang, cut here by a
+    30 s process-group timeout and a 200 s wall-clock limit)."""
+    (tmp_path / "nan_plugin.py").write_text(NAN_ON_RANK_1)
+    torch.manual_seed(123)
+    from adakd.engine.checkpoint import save_checkpoint
+    from adakd.models import build_model
+
+    teacher = build_model("resnet8", num_classes=10, in_channels=1, image_size=28, widths=[8, 16, 16])
+    save_checkpoint(tmp_path / "teacher.pt", {"model": teacher.state_dict()})
+    run_dir = tmp_path / "two"
+    cfg = tiny(fmnist_root, run_dir, on_nonfinite="skip")
+    cfg.update(imports=[str(tmp_path / "nan_plugin.py")], ce_weight=0.1, losses={"kd_nan_on_rank1": {"weight": 0.9}},
+               teacher={"name": "resnet8", "kwargs": {"widths": [8, 16, 16]}, "checkpoint": str(tmp_path / "teacher.pt")})
+    if strategy == "abl":
+        cfg["strategy"] = {"name": "abl", "options": {"ablation": "fixed"}}
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(free_port()), "-m", "adakd", "train", str(path), "data.batch_size=16"],
+        env={**env(), "ADAKD_DIST_TIMEOUT_MIN": "0.5"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=200)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        out, _ = proc.communicate()
+        pytest.fail("the job hung (ranks disagreed on the skip):\n" + out[-3000:])
+    assert proc.returncode == 0, out[-3000:]
+    assert metrics(run_dir)[-1]["skipped_steps"] == 1  # step 1, skipped by both ranks, counted once

@@ -296,7 +296,7 @@ class ABLStrategy(Strategy):
         return out, loss
 
     def _skip(self, loss: Tensor, optimizer: torch.optim.Optimizer) -> bool:
-        if self.ctx.skip_nonfinite and not bool(torch.isfinite(loss.detach())):
+        if self.ctx.skip_nonfinite and not ddp.all_finite(loss):  # one decision for every rank of a job
             optimizer.zero_grad(set_to_none=True)
             self.skipped_steps = getattr(self, "skipped_steps", 0) + 1
             return True
