@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import CheckpointError
-from ..runtime.distributed import DistInfo, active, all_gather_object, control_group
+from ..runtime.distributed import DistInfo, active, all_gather_object, all_reduce_mean_, control_group
 
 
 def reduce_accumulator(acc: Any) -> None:
@@ -28,6 +28,33 @@ def reduce_accumulator(acc: Any) -> None:
     counts = torch.tensor([acc.steps, acc.samples], dtype=torch.int64)
     dist.all_reduce(counts, group=control_group())
     acc.steps, acc.samples = int(counts[0]), int(counts[1])
+
+
+def agree_batchnorm_statistics(modules: list[Any]) -> int:
+    """In place: every BatchNorm running mean and variance of ``modules`` <- its mean over the ranks.
+
+    Without ``train.sync_batchnorm`` each rank normalises over its own shard, so its running statistics
+    follow its shard and the ranks hold W different models for evaluation. The trainer calls this before
+    every evaluation and checkpoint: the evaluated model (each rank a shard of the test split) is then one
+    model, the one written to ``last.pt`` / ``best.pt`` / ``student.pt``. The mean is the running mean of
+    the global batch exactly (equal shards); the variance is the mean of the shards' variances (it misses
+    the spread of the shard means, as any per-rank BatchNorm does). ``num_batches_tracked`` is the same on
+    every rank. Returns the number of tensors averaged (0 in 1 process)."""
+    if not active():
+        return 0
+    import torch.nn as nn
+
+    seen: dict[int, torch.Tensor] = {}
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+                for t in (m.running_mean, m.running_var):
+                    if t is not None and t.is_floating_point():
+                        seen.setdefault(id(t), t)
+    tensors = list(seen.values())
+    with torch.no_grad():
+        all_reduce_mean_(tensors)
+    return len(tensors)
 
 
 def accumulator_state(acc: Any) -> dict[str, Any] | None:

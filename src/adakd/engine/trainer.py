@@ -587,6 +587,8 @@ class Trainer:
             if stopping or (every and step % every == 0 and i + 1 < spe):
                 if cfg.train.on_nonfinite == "error":  # never save a state reached through a NaN/inf step
                     self._check_finite(acc, terms, phase, epoch)
+                if not cfg.train.sync_batchnorm:  # one model in the checkpoint: BN statistics of the job
+                    ranks.agree_batchnorm_statistics(self._trained_modules())
                 self._check_state_finite(phase, epoch, step)
                 self.train_seconds += time.perf_counter() - t0
                 self.train_samples += acc.samples - samples0
@@ -628,10 +630,14 @@ class Trainer:
         fp32 = "" if self.precision == "fp32" else ", use precision=fp32"
         return f"Lower the lr or a loss weight{fp32}, or set train.on_nonfinite=skip to skip such steps."
 
+    def _trained_modules(self) -> list[nn.Module]:
+        """Student, distiller and every phase's modules (heads, connectors): what a checkpoint holds."""
+        return [self.student, *([self.distiller] if self.distiller is not None else []),
+                *(m for p in self.phases for m in p.modules)]
+
     def _check_state_finite(self, phase: Phase, epoch: int, step: int) -> None:
         """Before a checkpoint or an evaluation is recorded: every parameter and buffer must be finite."""
-        modules = [self.student, *([self.distiller] if self.distiller is not None else []),
-                   *(m for p in self.phases for m in p.modules)]
+        modules = self._trained_modules()
         tensors: dict[int, tuple[str, Tensor]] = {}
         for index, module in enumerate(modules):
             for name, t in (*module.named_parameters(), *module.named_buffers()):
@@ -659,6 +665,8 @@ class Trainer:
         ranks.reduce_accumulator(acc)  # the job's epoch means (sums over the ranks)
         record.update(acc.means())
         last_epoch = epoch + 1 == phase.epochs
+        if not cfg.train.sync_batchnorm:  # the evaluated model is the checkpointed one (issue 17, bug 1)
+            ranks.agree_batchnorm_statistics(self._trained_modules())
         self._check_state_finite(phase, epoch, step)  # before anything of this epoch is recorded
         if phase.evaluate and ((epoch + 1) % cfg.train.eval_every == 0 or last_epoch):
             result = evaluate(phase.model, self.data.test, self.device, self.precision, dist=self.dist)
