@@ -108,3 +108,29 @@ def test_entry_point_plugins_are_loaded_once(monkeypatch, tmp_path):
     assert plugins.load_entry_points() == ["mine"]  # a second call imports nothing again
     assert "ep_plugin_model" in MODELS
     assert sys.modules["ep_plugin_mod"].LOADS == 1
+
+
+def test_a_registry_resolves_a_prefixed_family_on_first_use():
+    """Families too large to list up front (timm:<any name>) register on first lookup through a resolver."""
+    from adakd.registry import Registry
+
+    seen = []
+    reg = Registry("widget")
+    reg.add_resolver("fam:", lambda name: (seen.append(name), reg.register(name)(lambda: name)))
+    assert "fam:x" in reg and reg.get("fam:x").factory() == "fam:x"
+    assert reg.get("fam:x") and seen == ["fam:x"]  # resolved once
+    with pytest.raises(ConfigError, match="unknown widget 'other'"):
+        reg.get("other")
+    assert "fam:" not in reg  # the bare prefix is no name
+
+
+def test_cli_import_flag_lists_a_plugins_components(tmp_path):
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "adakd", "--import", str(PLUGIN), "list", "models"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "user_tiny_convnet" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "adakd", "--import", "no_such_plugin_mod", "list", "models"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "plugin module 'no_such_plugin_mod' not found" in bad.stderr

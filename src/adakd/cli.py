@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
                                      "and the classic losses).")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--version", action="version", version=f"adakd {_version()}")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="a plugin to import first (dotted module or .py file) that registers your own models, "
+                             "losses, strategies or datasets; repeatable (configs can also say imports: [...])")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 help="train, eval, plot, export, bench, list, sweep, report (adakd COMMAND -h)")
 
@@ -262,6 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     debug = args.debug or bool(os.environ.get("ADAKD_DEBUG"))
     try:
+        from .plugins import load_plugins
+
+        load_plugins(args.imports)  # installed adakd.plugins entry points, then --import MODULE ...
         return COMMANDS[args.command](args)
     except AdakdError as exc:
         if debug:

@@ -40,6 +40,18 @@ class Registry:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+        self._resolvers: dict[str, Callable[[str], None]] = {}
+
+    def add_resolver(self, prefix: str, resolve: Callable[[str], None]) -> None:
+        """Names starting with ``prefix`` (e.g. ``timm:``) that are not registered yet are handed to
+        ``resolve(name)`` on first lookup, which may register them (families too large to list up front)."""
+        self._resolvers[prefix] = resolve
+
+    def _resolve(self, name: str) -> None:
+        for prefix, resolve in self._resolvers.items():
+            if name.startswith(prefix) and len(name) > len(prefix):
+                resolve(name)
+                return
 
     def register(self, name: str, description: str = "", paper: str = "", **extra: Any):
         """Decorator registering ``factory`` (a class or function) under ``name``."""
@@ -59,12 +71,13 @@ class Registry:
 
     def get(self, name: str) -> Entry:
         if name not in self._entries:
+            self._resolve(name)
+        if name not in self._entries:
             close = difflib.get_close_matches(name, list(self._entries), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(
-                f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(sorted(self._entries))} "
-                f"(see `adakd list {self.plural}`)."
-            )
+            names = sorted(self._entries)
+            shown = ", ".join(names[:30]) + (f", ... ({len(names)} in all)" if len(names) > 30 else "")
+            raise ConfigError(f"unknown {self.kind} {name!r}.{hint} Known: {shown} (see `adakd list {self.plural}`).")
         return self._entries[name]
 
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -77,6 +90,8 @@ class Registry:
         return [self._entries[n] for n in self.names()]
 
     def __contains__(self, name: object) -> bool:
+        if isinstance(name, str) and name not in self._entries:
+            self._resolve(name)
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:

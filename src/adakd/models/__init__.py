@@ -21,15 +21,16 @@ __all__ = ["ContractModel", "Features", "FeatureShapes", "HookedModel", "build_m
 _COMMON = ("num_classes", "in_channels", "image_size")
 
 
-def register_on_use(name: str) -> None:
+def _register_timm(name: str) -> None:
     """``timm:<name>`` outside the registered list: register it now (timm checks the name when it builds)."""
-    if name.startswith(timm_adapter.PREFIX) and name not in MODELS and len(name) > len(timm_adapter.PREFIX):
-        timm_adapter.register(name[len(timm_adapter.PREFIX):])
+    timm_adapter.register(name[len(timm_adapter.PREFIX):])
+
+
+MODELS.add_resolver(timm_adapter.PREFIX, _register_timm)
 
 
 def model_options(name: str) -> dict[str, Any]:
     """The extra keyword options a registered model accepts, with their defaults."""
-    register_on_use(name)
     params = inspect.signature(MODELS.get(name).factory).parameters
     return {p.name: (None if p.default is inspect.Parameter.empty else p.default)
             for p in params.values()
@@ -40,7 +41,6 @@ def build_model(name: str, num_classes: int = 100, in_channels: int = 3, image_s
                 **kwargs: Any) -> ContractModel:
     """Build the registered model ``name`` for ``num_classes`` classes and ``in_channels`` x
     ``image_size`` x ``image_size`` inputs; ``kwargs`` are the model's own options (e.g. ``widths``)."""
-    register_on_use(name)
     entry = MODELS.get(name)  # ConfigError with the closest name for unknown models
     for key, value in (("num_classes", num_classes), ("in_channels", in_channels), ("image_size", image_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
