@@ -237,8 +237,8 @@ def write_tiny_imagenet(root: Path, per_class: int = 4, seed: int = 0) -> None:
 
 @pytest.mark.parametrize("augment", [False, True])
 def test_tiny_imagenet_streams_like_the_device_path(tmp_path, augment):
-    """Without augmentation the two paths are bitwise equal; with it, the streamed batches are the device
-    path's rows with the crop + flip of their own per-sample draws."""
+    """The two paths are bitwise equal, with augmentation too: both draw each sample's crop + flip from
+    (seed, epoch, row) with the same function (issue 18)."""
     write_tiny_imagenet(tmp_path)
     common = dict(name="tiny_imagenet", root=str(tmp_path), batch_size=4, eval_batch_size=3, augment=augment,
                   num_workers=0)
@@ -246,7 +246,7 @@ def test_tiny_imagenet_streams_like_the_device_path(tmp_path, augment):
     streamed = build_data(DataConfig(pipeline="stream", **common), "cpu", seed=4, log=None)
     a, b = collect(device.train), collect(streamed.train)
     assert [x.index.tolist() for x in a] == [x.index.tolist() for x in b]
-    assert same(a, b) != augment  # augmented: same rows, different (per-sample) draws
+    assert same(a, b)  # augmented too: the same per-sample draws on both paths
     assert same(collect(device.test), collect(streamed.test))
     assert streamed.train.train_recipe == (PadCropFlip(8, True) if augment else SquareResize())
 

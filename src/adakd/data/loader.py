@@ -2,8 +2,10 @@
 
 Images stay uint8 ``[N, C, H, W]`` on the device; each batch is gathered by index, augmented
 with batched ops (:mod:`adakd.data.augment`) and normalised there: no worker processes, no
-per-sample Python. The order and the augmentation draws of an epoch are a function of
-``(seed, epoch)`` only, so a loader restored with :meth:`DeviceLoader.load_state_dict` continues
+per-sample Python. The order of an epoch is a function of ``(seed, epoch)``, each sample's
+augmentation a function of ``(seed, epoch, row)`` (:func:`adakd.data.transforms.pad_crop_flip_draws`, the
+stream loader's very draws, vectorised over the epoch: the same pixels on both paths, and replayable
+for a teacher-output cache), so a loader restored with :meth:`DeviceLoader.load_state_dict` continues
 with exactly the batch that would have come next.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from .augment import crop_and_flip, normalization, normalize
 from .order import EpochPosition, epoch_order, epoch_seed
+from .transforms import pad_crop_flip_draws, sample_seeds
 
 
 class Batch(NamedTuple):
@@ -106,17 +109,30 @@ class DeviceLoader(EpochPosition):
         if self._plan_cache is not None and self._plan_cache[0] == epoch:
             return self._plan_cache[1]
         w = self.world_size
-        order, gen = epoch_order(self.num_rows, self.seed, epoch, shuffle=self.shuffle, world_size=w,
-                                 drop_last=self.drop_last)
+        order, _ = epoch_order(self.num_rows, self.seed, epoch, shuffle=self.shuffle, world_size=w,
+                               drop_last=self.drop_last)
+        rows = order[self.rank::w]
         offsets = flips = None
-        if self.crop_padding > 0:
-            offsets = torch.randint(0, 2 * self.crop_padding + 1, (order.numel(), 2), generator=gen)
-            offsets = offsets[self.rank::w].to(self.device)
-        if self.flip:
-            flips = (torch.rand(order.numel(), generator=gen) < 0.5)[self.rank::w].to(self.device)
-        plan = (order[self.rank::w].to(self.device), offsets, flips)
+        if self.crop_padding > 0 or self.flip:  # per-sample draws from (seed, epoch, row): one vectorised call
+            aug_seed, view = self.augmentation_key(epoch)
+            off, fl = pad_crop_flip_draws(sample_seeds(aug_seed, view, rows.numpy()), self.crop_padding, self.flip)
+            offsets = torch.from_numpy(off).to(self.device) if self.crop_padding > 0 else None
+            flips = torch.from_numpy(fl).to(self.device) if self.flip else None
+        plan = (rows.to(self.device), offsets, flips)
         self._plan_cache = (epoch, plan)
         return plan
+
+    def _augmentation_changed(self) -> None:
+        self._plan_cache = None
+
+    def view_batch(self, rows: Tensor, seed: int, view: int) -> Batch:
+        """Rows ``rows`` augmented as in augmentation epoch ``view`` of seed ``seed`` (a cache view)."""
+        offsets = flips = None
+        if self.crop_padding > 0 or self.flip:
+            off, fl = pad_crop_flip_draws(sample_seeds(seed, view, rows.cpu().numpy()), self.crop_padding, self.flip)
+            offsets = torch.from_numpy(off).to(self.device) if self.crop_padding > 0 else None
+            flips = torch.from_numpy(fl).to(self.device) if self.flip else None
+        return self.batch(rows.to(self.device), offsets, flips)
 
     def batch(self, rows: Tensor, offsets: Tensor | None = None, flips: Tensor | None = None) -> Batch:
         """Gather ``rows`` (device int64), apply the given crop offsets / flip mask, normalise."""

@@ -75,6 +75,25 @@ class EpochPosition:
     world_size: int
     epoch: int
     position: int
+    #: Replayed augmentation (a teacher-output cache's views): epoch ``e`` is augmented as view
+    #: ``e % augment_views`` of seed ``augment_seed``; None: as epoch ``e`` of the run's ``seed``.
+    augment_seed: int | None = None
+    augment_views: int | None = None
+
+    def replay_augmentation(self, seed: int, views: int) -> None:
+        """Augment epoch ``e`` as view ``e % views`` drawn from ``seed`` (the order stays the run's)."""
+        if views < 1:
+            raise ValueError(f"views={views} must be >= 1")
+        self.augment_seed, self.augment_views = int(seed), int(views)
+        self._augmentation_changed()
+
+    def _augmentation_changed(self) -> None:
+        """Hook: drop whatever was drawn with the previous augmentation settings."""
+
+    def augmentation_key(self, epoch: int) -> tuple[int, int]:
+        """(seed, augmentation epoch) the samples of ``epoch`` are augmented with."""
+        seed = self.seed if self.augment_seed is None else self.augment_seed
+        return seed, (epoch if self.augment_views is None else epoch % self.augment_views)
 
     @property
     def num_samples(self) -> int:

@@ -29,14 +29,14 @@ from .augment import normalization, normalize
 from .loader import Batch
 from .order import EpochPosition
 from .samples import Samples
-from .transforms import Recipe, sample_generator
+from .transforms import PadCropFlip, Recipe, sample_generator, sample_seed
 
 
 class _Decoded(Dataset):
     """Sample ``(row, epoch)`` -> (uint8 [C, H, W] tensor, label, row, None) or (None, label, row, error)."""
 
-    def __init__(self, samples: Samples, recipe: Recipe, seed: int) -> None:
-        self.samples, self.recipe, self.seed = samples, recipe, seed
+    def __init__(self, samples: Samples, recipe: Recipe, seed: int, views: int | None = None) -> None:
+        self.samples, self.recipe, self.seed, self.views = samples, recipe, seed, views
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -44,9 +44,14 @@ class _Decoded(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor | None, int, int, str | None]:
         row, epoch = key
         label = int(self.samples.labels[row])
-        gen = sample_generator(self.seed, epoch, row) if self.recipe.random else None
+        view = epoch if self.views is None else epoch % self.views  # the augmentation epoch (replay_views)
         try:
-            array = self.recipe(self.samples, row, gen)
+            if isinstance(self.recipe, PadCropFlip):  # the draws the device loader makes too
+                array = self.recipe.apply(self.samples.square(row),
+                                          self.recipe.draw_seeded(sample_seed(self.seed, view, row)))
+            else:
+                gen = sample_generator(self.seed, view, row) if self.recipe.random else None
+                array = self.recipe(self.samples, row, gen)
         except DataError as exc:
             return None, label, row, str(exc)
         return torch.from_numpy(np.ascontiguousarray(array)), label, row, None
@@ -159,7 +164,9 @@ class StreamLoader(EpochPosition):
         if key not in self._workers:
             sampler = _EpochBatches(self.batch_size)
             workers = self.num_workers
-            loader = DataLoader(_Decoded(self.samples, self.recipe, self.seed), batch_sampler=sampler,
+            aug_seed = self.seed if self.augment_seed is None else self.augment_seed
+            loader = DataLoader(_Decoded(self.samples, self.recipe, aug_seed, self.augment_views),
+                                batch_sampler=sampler,
                                 num_workers=workers, collate_fn=_collate, pin_memory=self.device.type == "cuda",
                                 persistent_workers=workers > 0 and self.shuffle,
                                 prefetch_factor=self.prefetch_factor if workers else None,
@@ -197,6 +204,18 @@ class StreamLoader(EpochPosition):
         if isinstance(item[0], str):
             raise DataError(item[1][0])
         return self._to_device(*item)
+
+    def view_batch(self, rows: Tensor, seed: int, view: int) -> Batch:
+        """The samples ``rows`` decoded here with the training transform as augmentation epoch ``view`` of
+        seed ``seed`` (a teacher-output cache's view), normalised on the device."""
+        dataset = _Decoded(self.samples, self.train_recipe, seed)
+        item = _collate([dataset[(int(r), view)] for r in rows.tolist()])
+        if isinstance(item[0], str):
+            raise DataError(item[1][0])
+        return self._to_device(*item)
+
+    def _augmentation_changed(self) -> None:
+        self._workers.clear()  # the workers' dataset holds the augmentation seed: new workers on next pass
 
     def close(self) -> None:
         """Stop the worker processes (they also stop when the loader is garbage-collected)."""

@@ -1,13 +1,18 @@
 """Per-sample transforms of the stream pipeline, with replayable random parameters.
 
-Every random draw of a sample comes from :func:`sample_generator` ``(seed, epoch, index)``: the
-augmentation of row ``index`` in ``epoch`` is a pure function of those three numbers and the image's
-size, never of a worker's RNG state or of the order in which workers ran. So a resumed run, a
-different number of workers or ranks, and a later replay (e.g. a teacher-output cache) all see the
-same pixels. :func:`augmentation_params` gives the draws alone.
+Every random draw of a sample comes from its seed :func:`sample_seed` ``(seed, epoch, index)``, a
+counter-based hash that is vectorised (:func:`sample_seeds`): the augmentation of row ``index`` in
+``epoch`` is a pure function of those three numbers and the image's size, never of a worker's RNG
+state or of the order in which workers ran. So a resumed run, a different number of workers or ranks,
+and a later replay (a teacher-output cache, whose view ``v`` is augmentation epoch ``v``) all see the
+same pixels. The pad-crop-flip draws (:func:`pad_crop_flip_draws`) are the same function on both data
+paths: the device loader computes a whole epoch's in one vectorised call, the stream loader one
+sample's, and the two make identical batches. :func:`augmentation_params` gives the draws alone.
 
-Recipes (the definitions are torchvision's; the draws are made in the same order with the same
-torch calls, so with a generator in the same state they give the same numbers):
+Recipes (the definitions are torchvision's; :class:`ImageNetTrain` draws from :func:`sample_generator` in
+torchvision's order with the same torch calls, so with a generator in the same state it gives the same
+numbers; :class:`PadCropFlip` draws from the sample's seed with :func:`pad_crop_flip_draws` in the loaders,
+and from a torch generator in torchvision's way when called with one):
 
 * :class:`PadCropFlip`: ``RandomCrop(size, padding=p)`` (zero fill) + ``RandomHorizontalFlip()``
   on an image already decoded to ``size x size`` (the CIFAR recipe; also the device path's).
@@ -28,16 +33,69 @@ import numpy as np
 import torch
 
 _SAMPLE_PURPOSE = 0xA06  # keeps these streams apart from the epoch-order streams of order.py
+_GOLDEN = 0x9E3779B97F4A7C15
+_U64 = 2**64 - 1
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on a uint64 array (wrapping arithmetic): a bijective, well-mixing hash."""
+    with np.errstate(over="ignore"):
+        x = x ^ (x >> np.uint64(30))
+        x = x * np.uint64(0xBF58476D1CE4E5B9)
+        x = x ^ (x >> np.uint64(27))
+        x = x * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def _add(x: np.ndarray, k: int) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return x + np.uint64(k % 2**64)
+
+
+def sample_seeds(seed: int, epoch: int, rows: Any) -> np.ndarray:
+    """The 63-bit seeds (uint64 ``[n]``) of the augmentation of samples ``rows`` in ``epoch`` of run ``seed``.
+
+    A counter-based hash (splitmix64 chained over ``(seed, purpose, epoch, row)``), vectorised over
+    ``rows``: the device loader computes a whole epoch's seeds in one call, the stream loader one at a
+    time, and both get the same numbers. ``epoch`` is the *augmentation* epoch: the training epoch, or the
+    view index of a teacher-output cache (``adakd.engine.teacher_cache``)."""
+    rows = np.asarray(rows, dtype=np.int64).astype(np.uint64) if not isinstance(rows, np.ndarray) or \
+        rows.dtype != np.uint64 else rows
+    key = _mix(_add(_mix(np.array([seed % 2**64], dtype=np.uint64) ^ np.uint64(_SAMPLE_PURPOSE)),
+                    (epoch % 2**64) * _GOLDEN))
+    return _mix(_add(_mix(key ^ rows), _GOLDEN)) >> np.uint64(1)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A well-mixed 63-bit seed for the augmentation of sample ``index`` in ``epoch`` of run ``seed``."""
-    words = [seed % 2**64, epoch % 2**64, index % 2**64, _SAMPLE_PURPOSE]
-    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0]) >> 1
+    """A well-mixed 63-bit seed for the augmentation of sample ``index`` in ``epoch`` of run ``seed``
+    (one element of :func:`sample_seeds`)."""
+    return int(sample_seeds(seed, epoch, np.array([index % 2**63], dtype=np.int64))[0])
+
+
+def seeded_uniforms(seeds: np.ndarray, count: int) -> np.ndarray:
+    """``count`` uniforms in [0, 1) per seed (float64 ``[n, count]``): draw ``j`` of a sample is
+    ``mix(seed + (j + 1) * golden) >> 11`` scaled by 2**-53 (a counter-based stream, no state)."""
+    seeds = np.asarray(seeds, dtype=np.uint64).reshape(-1, 1)
+    with np.errstate(over="ignore"):
+        counters = (np.arange(1, count + 1, dtype=np.uint64) * np.uint64(_GOLDEN)).reshape(1, -1)
+        bits = _mix(seeds + counters)
+    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
+
+
+def pad_crop_flip_draws(seeds: np.ndarray, padding: int, flip: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The random crop offsets (int64 ``[n, 2]`` = top, left in ``[0, 2 * padding]``) and flips (bool ``[n]``,
+    p = 0.5) of ``RandomCrop(padding)`` + ``RandomHorizontalFlip`` for samples with these seeds; shared by
+    the device loader (batched) and the stream loader (one sample), so both paths make the same pixels."""
+    u = seeded_uniforms(seeds, 3)
+    offsets = np.floor(u[:, :2] * (2 * padding + 1)).astype(np.int64) if padding else \
+        np.full((len(u), 2), 0, dtype=np.int64)
+    flips = (u[:, 2] < 0.5) if flip else np.zeros(len(u), dtype=bool)
+    return offsets, flips
 
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """The CPU generator that draws every random parameter of sample ``index`` in ``epoch``."""
+    """The CPU generator that draws the random parameters of sample ``index`` in ``epoch`` for the recipes
+    that draw with torch calls (:class:`ImageNetTrain`, torchvision's order of draws)."""
     return torch.Generator().manual_seed(sample_seed(seed, epoch, index))
 
 
@@ -127,6 +185,13 @@ class PadCropFlip:
             left = int(torch.randint(0, 2 * self.padding + 1, size=(1,), generator=gen).item())
         return {"top": top, "left": left, "flip": self.flip and flip_draw(gen)}
 
+    def draw_seeded(self, seed: int) -> dict[str, Any]:
+        """The draws of the sample whose seed is ``seed`` (:func:`sample_seed`): :func:`pad_crop_flip_draws`,
+        what the stream and the device loaders use."""
+        offsets, flips = pad_crop_flip_draws(np.array([seed], dtype=np.uint64), self.padding, self.flip)
+        top, left = (int(offsets[0, 0]), int(offsets[0, 1])) if self.padding else (self.padding, self.padding)
+        return {"top": top, "left": left, "flip": bool(flips[0])}
+
     def apply(self, array: np.ndarray, params: dict[str, Any]) -> np.ndarray:
         out = pad_crop(array, params["top"], params["left"], self.padding) if self.padding else array
         return out[:, :, ::-1] if params["flip"] else out
@@ -199,6 +264,8 @@ def augmentation_params(recipe: PadCropFlip | ImageNetTrain, seed: int, epoch: i
                         width: int, height: int) -> dict[str, Any]:
     """The random parameters ``recipe`` applies to sample ``index`` (its image ``width x height``) in
     ``epoch`` of a run seeded ``seed``: exactly those the stream loader used (replayable)."""
+    if isinstance(recipe, PadCropFlip):
+        return recipe.draw_seeded(sample_seed(seed, epoch, index))
     return recipe.draw(sample_generator(seed, epoch, index), width, height)
 
 
