@@ -100,6 +100,17 @@ class TeacherConfig(ModelConfig):
 
     checkpoint: str | None = None
     recipe: str | None = None
+    #: The teacher-output cache (adakd/engine/teacher_cache.py): "off", "auto" (under
+    #: $ADAKD_CACHE/teacher_outputs/<key>/, built on first use) or the PATH of a built cache.
+    cache: str = "off"
+    #: K, the augmented views of each training sample cached (None: train.epochs, one per epoch: exact).
+    cache_views: int | None = Field(None, ge=1)
+    #: Seed of the cached views' augmentation (a run with seed == cache_seed and K = epochs is the live run).
+    cache_seed: int = 0
+    #: Storage of the cached outputs; "fp32" is exact, "fp16" half the size.
+    cache_dtype: Literal["fp16", "fp32"] = "fp16"
+    #: Keep only the top-k logits per sample (+ the rest's probability mass); None: all logits.
+    cache_topk: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _one_source(self) -> "TeacherConfig":

@@ -27,3 +27,7 @@ class CheckpointError(AdakdError):
 
 class ShapeError(AdakdError):
     """A method that cannot apply to the given teacher/student feature shapes."""
+
+
+class CacheError(AdakdError):
+    """A teacher-output cache that is foreign (other weights, data or augmentation), incomplete or corrupt."""

@@ -81,6 +81,7 @@ class AEKT(Distiller):
     paper = "Park and Lee, Adaptive Explicit Knowledge Transfer for Knowledge Distillation (reconstruction)"
     default_weight = 1.0
     spot_kind = "logits"
+    teacher_outputs = frozenset({"logits"})  # cacheable (engine/teacher_cache.py)
 
     def __init__(self, student: FeatureShapes, teacher: FeatureShapes, weight: float | None = None,
                  temperature: float = 4.0, alpha: float = 1.0, beta: float = 8.0, aekt_weight: float = 1.0,

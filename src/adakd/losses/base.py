@@ -71,6 +71,10 @@ class Distiller(nn.Module):
     pretrain_epochs: ClassVar[int] = 0
     #: SAKD's policy-loss scale gamma when SAKD wraps this loss (the SAKD code's: 2 for AT, RKD, VID).
     sakd_policy_gamma: ClassVar[float] = 1.0
+    #: What the loss reads from the teacher's Features when that is only {"logits"} and/or {"pooled"}: then a
+    #: teacher-output cache can stand in for the teacher (engine/teacher_cache.py). None: feature maps / the
+    #: teacher model itself, always the live teacher.
+    teacher_outputs: ClassVar[frozenset[str] | None] = None
 
     #: Constructor arguments the builder supplies itself; never config options.
     BUILT_IN: ClassVar[frozenset[str]] = frozenset({"student", "teacher", "num_samples", "student_model",

@@ -69,6 +69,7 @@ class CC(Distiller):
     paper = "Peng et al., Correlation Congruence for Knowledge Distillation, ICCV 2019"
     default_weight = 0.02
     spot_kind = "pooled"
+    teacher_outputs = frozenset({"pooled"})  # cacheable (engine/teacher_cache.py)
 
     def __init__(self, student: FeatureShapes, teacher: FeatureShapes, weight: float | None = None,
                  embed_dim: int = 128, gamma: float = 0.4, p_order: int = 2, form: str = "crd_code") -> None:

@@ -78,6 +78,7 @@ class CRD(Distiller):
     paper = "Tian et al., Contrastive Representation Distillation, ICLR 2020"
     default_weight = 0.8
     spot_kind = "pooled"
+    teacher_outputs = frozenset({"pooled"})  # cacheable (engine/teacher_cache.py)
     needs_indices = True
 
     def __init__(self, student: FeatureShapes, teacher: FeatureShapes, weight: float | None = None, *,

@@ -48,6 +48,7 @@ class DIST(Distiller):
     paper = "Huang et al., Knowledge Distillation from A Stronger Teacher, NeurIPS 2022"
     default_weight = 1.0
     spot_kind = "logits"
+    teacher_outputs = frozenset({"logits"})  # cacheable (engine/teacher_cache.py)
 
     def __init__(self, student: FeatureShapes, teacher: FeatureShapes, weight: float | None = None,
                  beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0, eps: float = 1e-8) -> None:

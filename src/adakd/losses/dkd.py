@@ -109,6 +109,7 @@ class DKD(Distiller):
     paper = "Zhao et al., Decoupled Knowledge Distillation, CVPR 2022"
     default_weight = 1.0
     spot_kind = "logits"
+    teacher_outputs = frozenset({"logits"})  # cacheable (engine/teacher_cache.py)
 
     def __init__(self, student: FeatureShapes, teacher: FeatureShapes, weight: float | None = None,
                  alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,

@@ -43,6 +43,7 @@ class KD(Distiller):
     paper = "Hinton et al., Distilling the Knowledge in a Neural Network, 2015"
     default_weight = 0.9
     spot_kind = "logits"
+    teacher_outputs = frozenset({"logits"})  # cacheable (engine/teacher_cache.py)
 
     def __init__(self, student: FeatureShapes, teacher: FeatureShapes, weight: float | None = None,
                  temperature: float = 4.0) -> None:

@@ -37,6 +37,7 @@ class PKT(Distiller):
     paper = "Passalis & Tefas, Learning Deep Representations with Probabilistic Knowledge Transfer, ECCV 2018"
     default_weight = 30000.0
     spot_kind = "pooled"
+    teacher_outputs = frozenset({"pooled"})  # cacheable (engine/teacher_cache.py)
 
     def __init__(self, student: FeatureShapes, teacher: FeatureShapes, weight: float | None = None,
                  eps: float = 1e-7) -> None:

@@ -51,6 +51,7 @@ class RKD(Distiller):
     paper = "Park et al., Relational Knowledge Distillation, CVPR 2019"
     default_weight = 1.0
     spot_kind = "pooled"
+    teacher_outputs = frozenset({"pooled"})  # cacheable (engine/teacher_cache.py)
     sakd_policy_gamma = 2.0  # the SAKD code's policy-loss scale for this loss
 
     def __init__(self, student: FeatureShapes, teacher: FeatureShapes, weight: float | None = None,

@@ -55,6 +55,7 @@ ROUTE_PREFIX = "route_teacher."
                      paper="Song et al., Spot-Adaptive Knowledge Distillation, IEEE TIP 2022")
 class SAKDStrategy(Strategy):
     name: ClassVar[str] = "sakd"
+    uses_teacher_cache: ClassVar[bool] = False  # the grafted pass runs the teacher's blocks
 
     class Options(StrictOptions):
         """``strategy.options`` of SAKD (defaults: the SAKD code's)."""
