@@ -203,3 +203,23 @@ def test_topk_storage_keeps_the_top_logits_and_the_rest_mass():
     rest = 1 - p.gather(1, index).sum(1)
     got = torch.from_numpy(arrays["rest"]) - logits.logsumexp(1)
     assert torch.allclose(got.exp(), rest, atol=1e-5)
+
+
+def test_sweep_teacher_cache_auto_builds_one_cache_per_pair(tmp_path):
+    from adakd.tools.sweep import cache_groups, load_sweep, uses_cache
+
+    ckpt = _teacher_checkpoint(tmp_path)
+    base = _cfg(tmp_path, tmp_path, ckpt)
+    base.pop("output_dir")
+    (tmp_path / "base.yaml").write_text(json.dumps(base))
+    (tmp_path / "sweep.yaml").write_text(json.dumps({
+        "name": "s", "base": "base.yaml", "seeds": [0, 1], "teacher_cache": "auto",
+        "grid": {"method": {"kd": {}, "dkd": {"losses": {"dkd": {}}}, "at": {"losses": {"at": {}}}},
+                 "pair": {"small": {}, "wide": {"teacher": {"kwargs": {"widths": [16, 16, 32]}}}}},
+        "exclude": [{"method": ["kd"], "pair": ["wide"]}]}))
+    sweep = load_sweep(tmp_path / "sweep.yaml")
+    assert all(r.validated().teacher.cache == "auto" for r in sweep.runs)
+    cached = [r.name for r in sweep.runs if uses_cache(r.validated())]
+    assert sorted(cached) == sorted(f"s-{m}-{p}-s{s}" for m, p in [("kd", "small"), ("dkd", "small"), ("dkd", "wide")]
+                                    for s in (0, 1))
+    assert sorted(r.labels["pair"] for r in cache_groups(sweep.runs)) == ["small", "wide"]  # once per pair

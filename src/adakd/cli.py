@@ -6,6 +6,7 @@
     adakd export RUN_DIR --format onnx|torchscript|safetensors [--out PATH] [--which final|best]
     adakd list models|distillers|strategies|datasets [--json]
     adakd sweep SWEEP.yaml [--parallel N] [--dry-run]
+    adakd cache build CONFIG [key=value ...]  |  adakd cache info PATH [--json]
     adakd report SWEEP.yaml|RUNS_DIR [--out DIR]
     adakd bench [--suite adaptive] [--batch-size 64 128] [--compile] [--json] [--out FILE]
 
@@ -43,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="a plugin to import first (dotted module or .py file) that registers your own models, "
                              "losses, strategies or datasets; repeatable (configs can also say imports: [...])")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                help="train, eval, plot, export, bench, list, sweep, report (adakd COMMAND -h)")
+                                help="train, eval, plot, export, bench, list, sweep, report, cache (adakd COMMAND -h)")
 
     p = sub.add_parser("train", help="train a teacher or distil a student from a config")
     p.add_argument("config", help="YAML config (e.g. configs/fashion_mnist/kd.yaml)")
@@ -117,6 +118,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("sweep", help="sweep file (e.g. sweeps/fmnist_methods.yaml)")
     p.add_argument("--parallel", type=int, default=1, help="runs at a time (subprocesses; default 1)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state; train nothing")
+
+    p = sub.add_parser("cache", help="teacher-output cache: build it once for a config (resumable; torchrun: views "
+                       "split over ranks), or describe one")
+    csub = p.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    c = csub.add_parser("build", help="compute the teacher's outputs over the config's K augmented views")
+    c.add_argument("config", help="a distillation config with a teacher (teacher.cache: auto or PATH)")
+    c.add_argument("overrides", nargs="*", help="dotted overrides, e.g. teacher.cache_views=8")
+    c = csub.add_parser("info", help="what a cache holds, how much is built, whether its files verify")
+    c.add_argument("path", help="the cache directory")
+    c.add_argument("--json", action="store_true")
 
     p = sub.add_parser("report", help="results table (mean +- std over seeds, gains, published numbers) of runs")
     p.add_argument("target", help="sweep file, or a folder holding run directories")
@@ -248,6 +259,30 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from .engine.teacher_cache import build_for_config, describe
+
+    if args.cache_command == "build":
+        from .config import load_config
+
+        path = build_for_config(load_config(args.config, list(args.overrides)),
+                                log=lambda m: print(m, file=sys.stderr, flush=True))
+        print(path)
+        return 0
+    info = describe(args.path)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        storage = info["storage"]
+        print(f"{info['path']}\n  key {info['key']}\n  teacher {info['teacher']['name']} (weights sha256 "
+              f"{info['teacher']['weights'][:12]})\n  data {info['data']['config'].get('name')} "
+              f"({info['data']['rows']} rows), augmentation {info['augmentation']}\n  views {info['views_built']}/"
+              f"{info['views']} built, {storage['dtype']}{', top-%d' % storage['topk'] if storage['topk'] else ''}, "
+              f"{info['bytes'] / 2**20:.1f} MiB\n  checksums: "
+              + ("all files verify" if not info["corrupt_files"] else "CORRUPT " + ", ".join(info["corrupt_files"])))
+    return 1 if info["corrupt_files"] else 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .tools.report.table import build_report
 
@@ -258,7 +293,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "export": cmd_export, "list": cmd_list,
-            "bench": cmd_bench, "sweep": cmd_sweep, "report": cmd_report}
+            "bench": cmd_bench, "sweep": cmd_sweep, "report": cmd_report, "cache": cmd_cache}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,6 +28,11 @@ fragment's ``base``, ``teacher.recipe``/``checkpoint``, ``data.root``) resolve a
 ``{axis}`` in a fragment's ``base`` is replaced by that axis' label of the run (e.g.
 ``../configs/cifar100/{method}/{pair}.yaml``).
 
+``teacher_cache: auto`` (default ``off``) sets ``teacher.cache=auto`` on every run with a teacher and, before
+the runs start, builds each distinct cache once (``adakd cache build``, one per teacher x data x K): every
+method and seed of a pair then reads the same teacher outputs instead of running the teacher (methods
+that need its feature maps still run it live; see engine/teacher_cache.py).
+
 Resumable: a finished run (``summary.json`` + ``checkpoints/student.pt``) is skipped, any other is
 (re)started with ``resume=true`` so a killed run continues from its last checkpoint. Every run
 is a subprocess (``python -m adakd train``) logging to ``RUN_DIR/sweep.log``; its labels go to
@@ -53,7 +58,7 @@ import yaml
 from ..config import RunConfig, apply_overrides, deep_merge, load_raw, validate
 from ..errors import ConfigError
 
-SWEEP_KEYS = ("name", "base", "output_dir", "seeds", "overrides", "grid", "exclude")
+SWEEP_KEYS = ("name", "base", "output_dir", "seeds", "overrides", "grid", "exclude", "teacher_cache")
 RUN_META = "sweep.json"
 RUN_CONFIG = "sweep_config.yaml"
 RUN_LOG = "sweep.log"
@@ -88,6 +93,7 @@ class Sweep:
     path: Path
     output_dir: Path
     runs: list[SweepRun] = field(default_factory=list)
+    teacher_cache: str = "off"
 
 
 # ------------------------------------------------------------------ expansion
@@ -156,6 +162,8 @@ def _check_spec(spec: Any, path: Path) -> dict[str, Any]:
             if fragment is not None and not isinstance(fragment, dict):
                 raise ConfigError(f"{path}: grid.{axis}.{label} must be a mapping (a config fragment), "
                                   f"got {type(fragment).__name__}.")
+    if spec.get("teacher_cache", "off") not in ("off", "auto"):
+        raise ConfigError(f"{path}: `teacher_cache` is off or auto (a cache per teacher x data x K, built once).")
     exclude = spec.get("exclude", [])
     if not isinstance(exclude, list) or not all(isinstance(e, dict) for e in exclude):
         raise ConfigError(f"{path}: `exclude` is a list of {{axis: label or [labels]}} mappings.")
@@ -189,7 +197,7 @@ def load_sweep(path: str | os.PathLike[str]) -> Sweep:
     base_raw = load_raw(_resolve(spec["base"], root)) if spec.get("base") else {}
     grid: dict[str, dict[str, Any]] = spec.get("grid") or {}
     axes = list(grid)
-    sweep = Sweep(name=name, path=path, output_dir=output_dir)
+    sweep = Sweep(name=name, path=path, output_dir=output_dir, teacher_cache=spec.get("teacher_cache", "off"))
     for combo in itertools.product(*(list(grid[a]) for a in axes)):
         labels = {a: str(v) for a, v in zip(axes, combo)}
         if _excluded(labels, spec.get("exclude", [])):
@@ -198,6 +206,8 @@ def load_sweep(path: str | os.PathLike[str]) -> Sweep:
         for axis, label in labels.items():
             raw = _merge_fragment(raw, grid[axis][label] or {}, root, labels, f"{path}: grid.{axis}.{label}")
         raw = apply_overrides(raw, spec.get("overrides", []))
+        if sweep.teacher_cache == "auto" and isinstance(raw.get("teacher"), dict):
+            raw["teacher"].setdefault("cache", "auto")
         for seed in spec.get("seeds", [0]):
             run_name = "-".join([name, *labels.values(), f"s{seed}"])
             config = dict(copy.deepcopy(raw), name=run_name, seed=seed, run_dir=str(output_dir / run_name))
@@ -231,6 +241,48 @@ def prepare(run: SweepRun, sweep_name: str) -> Path:
     meta = {"sweep": sweep_name, "run": run.name, "labels": run.labels, "seed": run.seed}
     (run.run_dir / RUN_META).write_text(json.dumps(meta, indent=2) + "\n")
     return config_path
+
+
+def uses_cache(cfg: RunConfig) -> bool:
+    """Whether a run reads a teacher-output cache: a teacher with ``cache`` on, losses that read only the
+    teacher's logits / pooled embedding, and a strategy that reads the teacher through them."""
+    from .. import losses  # noqa: F401  (registers the distillers)
+    from ..registry import DISTILLERS, STRATEGIES
+
+    if cfg.teacher is None or cfg.teacher.cache == "off" or not cfg.losses:
+        return False
+    if not getattr(STRATEGIES.get(cfg.strategy.name).factory, "uses_teacher_cache", True):
+        return False
+    return all(getattr(DISTILLERS.get(name).factory, "teacher_outputs", None) is not None for name in cfg.losses)
+
+
+def cache_groups(runs: list[SweepRun]) -> list[SweepRun]:
+    """One run per distinct teacher cache among ``runs`` (same teacher, data, epochs and cache settings)."""
+    firsts: dict[str, SweepRun] = {}
+    for run in runs:
+        cfg = run.validated()
+        if not uses_cache(cfg):
+            continue
+        assert cfg.teacher is not None
+        key = json.dumps([cfg.teacher.model_dump(mode="json"), cfg.data.model_dump(mode="json"),
+                          cfg.teacher.cache_views or cfg.train.epochs], sort_keys=True)
+        firsts.setdefault(key, run)
+    return list(firsts.values())
+
+
+def build_caches(sweep: Sweep, runs: list[SweepRun], log: Callable[[str], None],
+                 command: list[str] | None = None) -> None:
+    """Build the teacher cache of each group of ``runs`` once, before they start (resumable, like the runs)."""
+    command = command or [sys.executable, "-m", "adakd", "cache", "build"]
+    for run in cache_groups(runs):
+        config = prepare(run, sweep.name)
+        t0 = time.perf_counter()
+        with open(run.run_dir / "cache_build.log", "a") as out:
+            rc = subprocess.call([*command, str(config)], stdout=out, stderr=subprocess.STDOUT, env=_child_env(1))
+        if rc != 0:
+            raise ConfigError(f"building the teacher cache for {run.name} failed (exit {rc}): "
+                              f"{_last_error(run.run_dir / 'cache_build.log')}")
+        log(f"teacher cache for {run.name} and the runs of its pair: ready ({time.perf_counter() - t0:.1f} s)")
 
 
 def _child_env(parallel: int) -> dict[str, str]:
@@ -295,6 +347,8 @@ def run_sweep(sweep: Sweep, parallel: int = 1, log: Callable[[str], None] | None
             progress.line(i, "skip", run.name, "finished earlier")
         else:
             pending.append(i)
+    if sweep.teacher_cache != "off" and pending:
+        build_caches(sweep, [sweep.runs[i] for i in pending], log)
     running: dict[int, tuple[subprocess.Popen, float, Any]] = {}
     env = _child_env(parallel)
 
