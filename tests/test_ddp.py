@@ -117,6 +117,9 @@ ADAPTIVE = {
     "sakd": {"losses": {"at": {"weight": 1.0}},
              "strategy": {"name": "sakd", "options": {"kd_weight": 1.0, "init_bias": 0.0}}},
     # ABL: 1 search epoch (hypergradient from the job's validation batch, gamma by Adam), then 1 retrain epoch
+    # standard with FT: the connector pre-training phase (paraphraser) and the main phase (student + translator),
+    # both through DistributedDataParallel (find_unused_parameters: the paraphraser gets no gradient in "train")
+    "standard_ft": {"losses": {"ft": {"weight": 1.0, "pretrain_epochs": 1}}, "strategy": {"name": "standard"}},
     "abl": {"ce_weight": 0.1, "losses": {"kd": {"weight": 0.9, "temperature": 4.0}},
             "strategy": {"name": "abl", "options": {"search_epochs": 1, "warm_start_epochs": 0}}},
 }
@@ -125,7 +128,8 @@ ADAPTIVE = {
 @pytest.mark.parametrize("strategy", sorted(ADAPTIVE))
 def test_adaptive_strategies_two_processes_match_one(strategy, tmp_path, fmnist_root):
     """The strategies' own state (SAKD's policy and adapters, ABL's gamma) stays one job's state: 2 ranks x
-    batch 16 end with the weights, and ABL with the gammas, of 1 process x batch 32 (4 steps per epoch)."""
+    batch 16 end with the weights, and ABL with the gammas, of 1 process x batch 32 (4 steps per epoch).
+    ``standard_ft``: a pre-training phase and a distiller with parameters, both trained through DDP."""
     torch.manual_seed(123)
     from adakd.engine.checkpoint import save_checkpoint
     from adakd.models import build_model
@@ -151,7 +155,7 @@ def test_adaptive_strategies_two_processes_match_one(strategy, tmp_path, fmnist_
     if strategy == "abl":
         torch.testing.assert_close(torch.tensor(two["abl_gammas"]), torch.tensor(one["abl_gammas"]), atol=ATOL, rtol=0)
         assert one["abl_gammas"] != [[0.5, 0.5]] * len(one["abl_gammas"])  # the search moved gamma
-    else:
+    elif strategy == "sakd":
         fractions = []
         for spot in one["sakd_spots"]:  # the job's routed fraction, not rank 0's: the same draws
             key = f"route_teacher.{spot}"

@@ -42,6 +42,7 @@ from .optim import StepSchedule
 from .run_dir import RunDir, RunDirLock
 from ..runtime.seeding import rng_state, seed_everything, set_rng_state
 from .teacher import load_teacher, teacher_checkpoint_path
+from . import teacher_cache
 
 
 class RunInterrupted(AdakdError):
@@ -185,6 +186,10 @@ ALLOWED_CHANGES = ("train.epochs", "train.eval_every", "train.checkpoint_every_s
                    "data.batch_size")
 
 
+#: Steps between two agreements of the ranks on a stop signal (one small host collective; 1 process: every step).
+STOP_CHECK_EVERY = 16
+
+
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(value, dict) and value:
         out: dict[str, Any] = {}
@@ -289,6 +294,8 @@ class Trainer:
             steps_per_epoch=self.steps_per_epoch, val_loader=self.data.val, test_loader=self.data.test,
             run_dir=self.run_dir.path if self.dist.is_main else None, skip_nonfinite=cfg.train.on_nonfinite == "skip")
         self.distiller, self.strategy, self.phases = parts.distiller, parts.strategy, parts.phases
+        self.teacher_feed = teacher_cache.attach(cfg, self.teacher, self.distiller, self.strategy, self.data,
+                                                 self.device, self._log, ddp.run_on_main)  # issue 18
         for module in (self.student, self.distiller):  # one set of initial weights for every rank
             if module is not None:
                 ddp.broadcast_module(module)
@@ -296,6 +303,10 @@ class Trainer:
             for phase in self.phases:
                 for module in phase.modules:
                     ddp.convert_sync_batchnorm(module, self.device)
+        if self.dist.active:  # steps that are one module call train through DistributedDataParallel (_phase_optimizer)
+            wrapped = [p.name for p in self.phases if p.forward is not None]
+            self._log(f"{self.dist.world_size} processes; gradients averaged by DistributedDataParallel in "
+                      f"{wrapped or 'no phase'}, explicitly in {[p.name for p in self.phases if p.forward is None] or 'none'}")
         if cfg.train.compile:  # forward_features of student and teacher (what the strategies call)
             compile_models([self.student, self.teacher], self.device, cfg.train.compile_mode,
                            static_shapes=cfg.data.drop_last, cache_dir=self.run_dir.path / "inductor_cache")
@@ -404,7 +415,11 @@ class Trainer:
         lr = ocfg.lr
         if ocfg.lr_reference_batch:
             lr *= self.cfg.data.batch_size * self.dist.world_size / ocfg.lr_reference_batch  # global batch
-        optimizer = ddp.sync_gradients(build_phase_optimizer(phase, ocfg, lr, self.device))
+        optimizer = build_phase_optimizer(phase, ocfg, lr, self.device)
+        if phase.forward is not None and self.dist.active:  # one DDP per phase, for its duration (see _run_phase)
+            phase.forward.wrap(lambda module, unused: ddp.wrap_ddp(module, self.device, unused))
+        if phase.forward is None or not phase.forward.wrapped:  # DDP averages in the backward; others here
+            optimizer = ddp.sync_gradients(optimizer)
         sched_cfg = self.cfg.train.schedule
         if phase.schedule == "constant":
             sched_cfg = sched_cfg.model_copy(update={"name": "constant", "warmup_epochs": 0.0})
@@ -543,6 +558,8 @@ class Trainer:
             step = self._run_epoch(index, phase, epoch, step, position, optimizer, schedule, acc, stop)
             position = 0
             self._end_epoch(index, phase, epoch, step, optimizer, schedule, acc)
+        if phase.forward is not None:  # drop the phase's DDP: its gradient hooks on modules a later phase trains
+            phase.forward.unwrap()
 
     def _global_epoch(self, phase_index: int, epoch: int) -> int:
         return sum(p.epochs for p in self.phases[:phase_index]) + epoch
@@ -583,8 +600,11 @@ class Trainer:
             if cfg.train.on_nonfinite == "error" and (i % 50 == 0 or i == spe - 1):
                 self._check_finite(acc, terms, phase, epoch)
             every = cfg.train.checkpoint_every_steps
-            stopping = ddp.agree_any(stop.signum is not None)
-            if stopping or (every and step % every == 0 and i + 1 < spe):
+            checkpoint_now = bool(every and step % every == 0 and i + 1 < spe)
+            stopping = False  # a signal is agreed over the ranks every STOP_CHECK_EVERY steps (no sync per step)
+            if not self.dist.active or checkpoint_now or step % STOP_CHECK_EVERY == 0:
+                stopping = ddp.agree_any(stop.signum is not None)
+            if stopping or checkpoint_now:
                 if cfg.train.on_nonfinite == "error":  # never save a state reached through a NaN/inf step
                     self._check_finite(acc, terms, phase, epoch)
                 if not cfg.train.sync_batchnorm:  # one model in the checkpoint: BN statistics of the job

@@ -9,14 +9,17 @@ How a run is parallelised (DistributedDataParallel semantics):
   * the training loader of rank r yields the strided shard ``perm[r::W]`` of the epoch's permutation, so
     one step of W ranks with ``data.batch_size = b`` sees the global batch ``B = W * b`` of a 1-process run
     with ``batch_size = B``;
-  * after each backward, before every ``optimizer.step()``, the gradients of the optimiser's parameters are
-    averaged over the ranks (``g <- (1 / W) * sum_r g_r``, bucketed all-reduce: :class:`GradientSync`),
-    which is the update of DDP. The engine does this with an optimiser pre-step hook instead of wrapping
-    the student in ``DistributedDataParallel`` because strategies call ``forward_features``/``run_units``
-    and their own extra forwards, which a DDP wrapper's ``forward`` would not see; :func:`wrap_ddp` is
-    there for modules that are called through ``forward``;
+  * the gradients are averaged over the ranks (``g <- (1 / W) * sum_r g_r``) in one of two ways:
+      - phases whose forward passes are one module call (the standard strategy, connector pre-training:
+        ``strategies.base.DataParallelForward``) train through torch's ``DistributedDataParallel``
+        (:func:`wrap_ddp`): bucketed all-reduces launched during the backward, overlapped with it;
+      - strategies whose steps call ``torch.autograd.grad`` / ``backward(inputs=...)`` or take several
+        optimiser steps per batch (SAKD, ABL) average explicitly before each step (:func:`sync_gradients`,
+        :func:`all_reduce_grads`; see the reason there);
   * BatchNorm normalises over each rank's shard unless ``train.sync_batchnorm`` (then over the global
-    batch: :class:`GlobalBatchNorm`, CPU and GPU; ``torch.nn.SyncBatchNorm`` on CUDA);
+    batch: ``torch.nn.SyncBatchNorm`` on CUDA, :class:`GlobalBatchNorm` where torch has none, e.g. CPU);
+    without it the engine averages the running statistics over the ranks before every evaluation and
+    checkpoint (``engine.ranks.agree_batchnorm_statistics``);
   * test accuracy: each rank evaluates its shard of the test split, the counts are summed;
   * only rank 0 writes (run directory, checkpoints, metrics, logs) and trains a teacher recipe; the
     others wait for it.
@@ -270,12 +273,14 @@ def all_gather_rows(tensor: Tensor) -> Tensor:
 
 
 def broadcast_module(module: nn.Module) -> None:
-    """Rank 0's parameters and buffers on every rank (identical start, as DDP's constructor does)."""
+    """Rank 0's parameters and buffers on every rank (identical start): torch's coalesced broadcast, the one
+    DDP's constructor uses (buckets of ~250 MB, not one collective per tensor)."""
     if not _active():
         return
-    with torch.no_grad():
-        for t in list(module.parameters()) + list(module.buffers()):
-            dist.broadcast(t.data, src=0)
+    tensors = [t.detach() for t in (*module.parameters(), *module.buffers())]
+    if tensors:
+        with torch.no_grad():
+            dist._broadcast_coalesced(dist.group.WORLD, tensors, 250 * 2**20, 0)
 
 
 # --------------------------------------------------------------------------------- gradients
@@ -299,14 +304,16 @@ def all_reduce_grads(params: Iterable[nn.Parameter]) -> None:
     A parameter whose gradient is None on some ranks and set on others gets zeros there first (it took
     no part in those ranks' losses); one that has no gradient anywhere keeps None, so the optimiser
     skips it as a 1-process run would. Every rank must call this with the same parameters in order.
+    Whether a gradient exists is host-side knowledge (``p.grad is None``): the ranks agree on it through a
+    small all-reduce on the gloo control group, with no device-to-host copy (no stream sync on CUDA).
     """
     if not _active():
         return
     params = [p for p in params if p.requires_grad]
     if not params:
         return
-    has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=params[0].device)
-    dist.all_reduce(has, op=dist.ReduceOp.MAX)
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32)  # host memory
+    dist.all_reduce(has, op=dist.ReduceOp.MAX, group=_control_group())
     present = []
     for p, any_rank in zip(params, has.tolist()):
         if any_rank:
@@ -317,21 +324,25 @@ def all_reduce_grads(params: Iterable[nn.Parameter]) -> None:
 
 
 def all_reduce_mean_(tensors: list[Tensor]) -> None:
-    """In place: every tensor <- (1 / W) * sum_r tensor_r (bucketed: one all-reduce per ~25 MB).
+    """In place: every tensor <- (1 / W) * sum_r tensor_r.
 
-    Every rank must pass tensors of the same shapes in the same order (e.g. gradients of a validation
-    loss, as ABL's hypergradient needs)."""
+    torch's flatten/unflatten helpers (those of DDP's buckets), buckets of ~25 MB all launched
+    asynchronously and then waited on, so their transfers overlap each other. Every rank must pass
+    tensors of the same shapes in the same order (e.g. gradients of a validation loss, as ABL's
+    hypergradient needs)."""
     if not _active() or not tensors:
         return
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
     w = dist.get_world_size()
+    pending = []
     for bucket in _buckets(tensors):
-        flat = torch.cat([g.reshape(-1) for g in bucket])
-        dist.all_reduce(flat)
+        flat = _flatten_dense_tensors(bucket)
+        pending.append((bucket, flat, dist.all_reduce(flat, async_op=True)))
+    for bucket, flat, work in pending:
+        work.wait()
         flat.div_(w)
-        offset = 0
-        for g in bucket:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
+        torch._foreach_copy_(bucket, list(_unflatten_dense_tensors(flat, bucket)))
 
 
 def global_rows(local_rows: int) -> int:
@@ -361,7 +372,17 @@ def rank_share(draw: Callable[[int], Tensor], local_rows: int) -> Tensor:
 
 
 def sync_gradients(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """Make every ``optimizer.step()`` average the gradients over the ranks first (a no-op hook in 1 process)."""
+    """Make every ``optimizer.step()`` average the gradients over the ranks first (a no-op hook in 1 process).
+
+    Why explicit averaging and not ``DistributedDataParallel`` for these optimisers (SAKD's policy and main
+    steps, ABL's block-wise and meta steps): DDP averages inside the backward of a ``module(...)`` call's
+    output, through hooks on every parameter it wraps, once per forward. These steps take gradients with
+    ``torch.autograd.grad`` (which does not accumulate into ``.grad``, so DDP's hooks average nothing, and
+    ABL needs the separate, unmixed gradients of several losses), ``backward(inputs=...)`` on a subset (the
+    policy's loss must not reach the student's buckets), or several backwards and optimiser steps per
+    forward (ABL's virtual step, SAKD's policy then student step): DDP would reduce some of them twice or
+    not at all, or fail with "Expected to mark a variable ready only once". Averaging right before each
+    ``step()`` is exact for all of them; it runs after the backward (no overlap with it)."""
     def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         all_reduce_grads(p for group in opt.param_groups for p in group["params"])
 
@@ -372,33 +393,19 @@ def sync_gradients(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
 
 def wrap_ddp(module: nn.Module, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:
     """``DistributedDataParallel(module)`` for a module trained through its ``forward`` (returned as is in
-    1 process). Buffers are not broadcast each step (memory banks stay per rank)."""
+    1 process). Buffers are not broadcast each step (memory banks stay per rank; BatchNorm statistics are
+    synchronised or averaged by the engine). ``find_unused_parameters``: some parameters may get no gradient
+    in a step (DDP then walks the graph each forward to mark them)."""
     if not _active():
         return module
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" and device.index is not None else None
     return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False,
-                                   find_unused_parameters=find_unused_parameters)
+                                   find_unused_parameters=find_unused_parameters, bucket_cap_mb=BUCKET_BYTES / 2**20)
 
 
 # ---------------------------------------------------------------------------------- BatchNorm
-class _SumOverRanks(torch.autograd.Function):
-    """y = sum_r x_r on every rank; dL/dx_r = sum_q dL_q/dy (each rank's loss depends on every rank's x)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        y = x.clone()
-        dist.all_reduce(y)
-        return y
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        g = grad.clone()
-        dist.all_reduce(g)
-        return g
-
-
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm over the global batch of all ranks (CPU and GPU), differentiable end to end.
 
@@ -406,7 +413,9 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         mu = S1 / n,   var = S2 / n - mu^2,   y = gamma * (x - mu) / sqrt(var + eps) + beta
     and the running statistics take the unbiased variance var * n / (n - 1), as ``nn.BatchNorm2d``
     does on one process with the whole batch (Ioffe & Szegedy, "Batch Normalization", ICML 2015).
-    The all-reduce is differentiable (:class:`_SumOverRanks`: its backward all-reduces the gradients), so the parameter gradients averaged over ranks equal those of the global batch.
+    The all-reduce is torch's differentiable one (``torch.distributed.nn.functional.all_reduce``: its backward
+    all-reduces the gradients), so the parameter gradients averaged over ranks equal those of the global
+    batch. Used where ``torch.nn.SyncBatchNorm`` has no kernels (CPU); on CUDA that one is used.
     """
 
     def _check_input_dim(self, input: Tensor) -> None:
@@ -421,7 +430,9 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         xd = x.double()  # float64 sums: S2 / n - mu^2 would cancel badly in float32
         count = torch.tensor([float(x.numel() // x.shape[1])], device=x.device, dtype=torch.float64)
         stats = torch.cat([xd.sum(dims), (xd * xd).sum(dims), count])
-        stats = _SumOverRanks.apply(stats)
+        from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
+
+        stats = differentiable_all_reduce(stats)
         c = x.shape[1]
         n = stats[2 * c]
         mean = stats[:c] / n
@@ -441,20 +452,32 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         return y.to(x.dtype)
 
 
-def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> int:
-    """Turn every BatchNorm of ``model`` into a global-batch one in place (class swap: references to the
-    modules, e.g. ``preact_bns()``, stay valid). ``torch.nn.SyncBatchNorm`` on CUDA, :class:`GlobalBatchNorm`
-    elsewhere. Returns the number converted."""
-    n = 0
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, (GlobalBatchNorm, nn.SyncBatchNorm)):
-            if device.type == "cuda":
-                m.__class__ = nn.SyncBatchNorm
-                m.process_group = None
-            else:
-                m.__class__ = GlobalBatchNorm
-            n += 1
-    return n
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` with every BatchNorm normalising over the global batch: ``nn.SyncBatchNorm.convert_sync_batchnorm``
+    on CUDA, the same replacement with :class:`GlobalBatchNorm` elsewhere (torch has no CPU SyncBatchNorm).
+    Children are replaced in place (the parameters and buffers are the same tensors, so optimisers and
+    references to them stay valid); the returned module is ``model`` unless ``model`` is itself a BatchNorm."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return _convert_global(model)
+
+
+def _convert_global(module: nn.Module) -> nn.Module:
+    out = module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, (GlobalBatchNorm, nn.SyncBatchNorm)):
+        out = GlobalBatchNorm(module.num_features, eps=module.eps, momentum=module.momentum, affine=module.affine,
+                              track_running_stats=module.track_running_stats)
+        if module.affine:
+            with torch.no_grad():
+                out.weight, out.bias = module.weight, module.bias
+        out.running_mean, out.running_var = module.running_mean, module.running_var
+        out.num_batches_tracked = module.num_batches_tracked
+        out.training = module.training
+    for name, child in module.named_children():
+        new = _convert_global(child)
+        if new is not child:
+            out.add_module(name, new)
+    return out
 
 
 def all_reduce_sums(values: list[Tensor]) -> list[Tensor]:

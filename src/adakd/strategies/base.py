@@ -24,6 +24,7 @@ from ..runtime.distributed import all_finite
 from ..losses.base import DistillContext, Distiller
 from ..models.contract import ContractModel, Features
 from ..options import StrictOptions, check_options
+from .parallel import DataParallelForward, PretrainForward
 
 
 @dataclass
@@ -44,6 +45,9 @@ class Phase:
     evaluate: bool = True
     #: "config" = the run's schedule; "constant" = fixed lr.
     schedule: str = "config"
+    #: The step's forward passes as one module call, which the trainer wraps in DistributedDataParallel under
+    #: torchrun; None: the step averages its gradients explicitly (``runtime.distributed.sync_gradients``).
+    forward: "DataParallelForward | None" = None
 
 
 @dataclass
@@ -109,9 +113,19 @@ class Strategy:
         return mods
 
     # -- forward helpers -------------------------------------------------------------------
+    #: Whether the step reads the teacher only through :meth:`teacher_features` (a teacher-output cache can
+    #: then serve it); False where it runs the teacher's blocks itself (SAKD's grafted pass).
+    uses_teacher_cache: ClassVar[bool] = True
+    #: Set by the engine when ``teacher.cache`` serves this run (engine/teacher_cache.py ``TeacherFeed``).
+    teacher_cache: Any = None
+
     def teacher_features(self, x: Tensor) -> Features | None:
         if self.teacher is None:
             return None
+        if self.teacher_cache is not None:  # the cached outputs of the training batch ``x``, if it is one
+            cached = self.teacher_cache.features_for(x)
+            if cached is not None:
+                return cached
         with torch.no_grad(), autocast(self.ctx.device, self.ctx.precision):
             return self.teacher.forward_features(x)
 
@@ -126,22 +140,27 @@ class Strategy:
         pre_epochs = getattr(d, "pretrain_epochs", 0) if d is not None else 0
         if d is not None and pre_epochs > 0:
             out.append(Phase("pretrain", int(pre_epochs), d.pretrain_modules(self.student), self.pretrain_step,
-                             model=self.student, evaluate=False, schedule="constant"))
+                             model=self.student, evaluate=False, schedule="constant", forward=self.pretrain_forward))
         out.append(Phase("train", self.ctx.epochs, self.trainable_modules(), self.train_step, model=self.student))
         return out
 
     def train_step(self, batch: Batch, ctx: DistillContext, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
         raise NotImplementedError
 
+    @property
+    def pretrain_forward(self) -> DataParallelForward:
+        """The pre-training step's forward as one module call (DDP-trained under torchrun)."""
+        if getattr(self, "_pretrain_forward", None) is None:
+            assert self.distiller is not None
+            self._pretrain_forward = DataParallelForward(
+                PretrainForward(self, self.distiller.pretrain_modules(self.student)), find_unused_parameters=True)
+        return self._pretrain_forward
+
     def pretrain_step(self, batch: Batch, ctx: DistillContext, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
         """One step of the distiller's connector pre-training (FT's paraphraser, AB/FSP initialisation)."""
-        assert self.distiller is not None
-        t = self.teacher_features(batch.x)
-        with autocast(self.ctx.device, self.ctx.precision):
-            s = self.student.forward_features(batch.x)
-            loss = self.distiller.pretrain_loss(s, t, ctx)
+        loss, logits = self.pretrain_forward(batch, ctx)
         self.backward_and_step(optimizer, loss)
-        return {"pretrain": loss.detach().float(), "loss": loss.detach().float(), "correct": correct_count(s.logits, batch.y)}
+        return {"pretrain": loss.detach().float(), "loss": loss.detach().float(), "correct": correct_count(logits, batch.y)}
 
     def backward_and_step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> bool:
         """zero_grad, backward, step; with ``skip_nonfinite`` a NaN/inf loss skips the step. True if stepped."""
