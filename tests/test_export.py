@@ -151,7 +151,7 @@ def test_default_paths_and_best(kd_run):
 def test_user_errors(kd_run, tmp_path):
     with pytest.raises(ConfigError, match="onnx, torchscript, safetensors"):
         export_student(kd_run, "tflite")
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="nowhere not found"):
         export_student(tmp_path / "nowhere", "torchscript")
     (tmp_path / "empty-run").mkdir()
     with pytest.raises(CheckpointError, match="finished run"):
@@ -185,7 +185,7 @@ def test_cli_export(kd_run, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["path"] == str(out) and out.is_file()
     assert main(["export", str(tmp_path / "missing"), "--format", "torchscript"]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "missing not found" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- compare plots

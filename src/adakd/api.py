@@ -19,7 +19,7 @@ from . import losses as _losses  # noqa: F401  (registers the distillers)
 from . import strategies as _strategies  # noqa: F401  (registers the strategies)
 from .config import RunConfig, load_config
 from .data import DataConfig, build_data, load_split
-from .engine.components import check_config
+from .engine.components import check_config, load_student, resolve_checkpoint
 from .engine.checkpoint import load_checkpoint, load_weights
 from .runtime.device import resolve_device
 from .engine.evaluate import evaluate
@@ -45,27 +45,12 @@ def _read_run_config(run_dir: Path) -> RunConfig | None:
 def evaluate_checkpoint(target: str | Path, which: str = "final", data_root: str | None = None,
                         device: str = "auto", split: str = "test") -> dict[str, Any]:
     """Top-1/top-5 of a run directory's student (final, best or last) or of a checkpoint file."""
-    target = Path(target).expanduser()
-    if target.is_dir():
-        names = {"final": "student.pt", "best": "best.pt", "last": "last.pt"}
-        path = target / "checkpoints" / names[which]
-        if not path.is_file():
-            raise CheckpointError(f"{path} does not exist: is {target} a finished run? "
-                                  "Try --which last for an unfinished one.")
-    else:
-        path = target
-    state = load_checkpoint(path)
-    meta = state.get("meta")
-    if meta is None:
-        raise CheckpointError(f"{path} carries no model description (meta); it is not an adakd checkpoint. "
-                              "Evaluate it through the Python API with build_model + load_weights.")
+    path = resolve_checkpoint(target, which)
+    model, meta = load_student(path)
     data_cfg = DataConfig.model_validate(meta["data"])
     if data_root:
         data_cfg = data_cfg.model_copy(update={"root": data_root})
     dev = resolve_device(device)
-    model = build_model(meta["model"], num_classes=meta["num_classes"], in_channels=meta["in_channels"],
-                        image_size=meta["image_size"], **meta.get("kwargs", {}))
-    load_weights(model, state["model"], f"checkpoint {path}")
     model.to(dev)
     data = build_data(data_cfg, dev, seed=data_cfg.seed, log=None)
     loader = data.test if split == "test" else data.val

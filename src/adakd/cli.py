@@ -3,7 +3,7 @@
     adakd train CONFIG [key=value ...] [--resume] [--dry-run]
     adakd eval RUN_DIR_OR_CHECKPOINT [--split test] [--json]
     adakd plot RUN_DIR [RUN_DIR ...] [--out DIR] [--analysis]
-    adakd export RUN_DIR --format onnx|torchscript|safetensors [--out PATH] [--which final|best]
+    adakd export RUN_DIR --format onnx|torchscript|safetensors [--out PATH] [--which final|best|last]
     adakd list models|distillers|strategies|datasets [--json]
     adakd sweep SWEEP.yaml [--parallel N] [--dry-run]
     adakd cache build CONFIG [key=value ...]  |  adakd cache info PATH [--json]
@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
                    "plots-compare/ in the folder that holds them)")
     p.add_argument("--analysis", action="store_true",
                    help="also compute the teacher-vs-student logit-correlation difference (reads the test split)")
-    p.add_argument("--which", choices=["final", "best"], default="final", help="student checkpoint for --analysis")
+    p.add_argument("--which", choices=["final", "best", "last"], default="final", help="student checkpoint for --analysis")
     p.add_argument("--data-root", default=None, help="where the dataset lives, if not where the run found it")
     p.add_argument("--device", default="auto")
 
@@ -78,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="run directory or student .pt checkpoint")
     p.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
     p.add_argument("--out", default=None, help="output file (default RUN_DIR/export/student.<ext>)")
-    p.add_argument("--which", choices=["final", "best"], default="final", help="final student (default) or best epoch")
+    p.add_argument("--which", choices=["final", "best", "last"], default="final",
+                   help="final student (default), best epoch, or the last training state of an unfinished run")
     p.add_argument("--json", action="store_true", help="print the sidecar as JSON")
 
     p = sub.add_parser("bench", help="training-step throughput: eager fp32 baseline vs the fast path (random data)")

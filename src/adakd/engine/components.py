@@ -13,19 +13,21 @@ on a synthetic batch, and the dataset's files found, in seconds, before anything
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..config import ModelConfig, OptimizerConfig, RunConfig
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..losses.base import DistillContext, Distiller
 from ..losses.build import build_distiller, check_loss_options
 from ..models import build_model
 from ..models.contract import ContractModel
 from ..registry import DATASETS, MODELS, STRATEGIES
 from ..strategies import Phase, Strategy, StrategyContext
+from .checkpoint import load_checkpoint, load_weights
 from .fast import prefer_fused
 from .optim import build_optimizer, parameters_of
 
@@ -165,5 +167,42 @@ def check_config(cfg: RunConfig, data: bool = True, log: Any = None) -> dict[str
             "losses": list(cfg.losses), "strategy": cfg.strategy.name, "phases": [p.name for p in parts.phases]}
 
 
+# ----------------------------------------------------------------------------------- students from checkpoints
+#: ``which`` student of a run directory: the final epoch's, the best epoch's, or the last training state's.
+STUDENT_CHECKPOINTS = {"final": "student.pt", "best": "best.pt", "last": "last.pt"}
+
+
+def resolve_checkpoint(target: str | Path, which: str = "final") -> Path:
+    """``RUN_DIR/checkpoints/<student.pt | best.pt | last.pt>`` (``which``), or ``target`` itself when it is a file."""
+    if which not in STUDENT_CHECKPOINTS:
+        raise ConfigError(f"which={which!r}: choose final (the last epoch's student), best (the best epoch's) or "
+                          "last (the latest training state, also of an unfinished run).")
+    target = Path(target).expanduser()
+    if target.is_file():
+        return target
+    if not target.is_dir():
+        raise CheckpointError(f"{target} not found: point at a run directory (runs/<name>) or a .pt checkpoint.")
+    path = target / "checkpoints" / STUDENT_CHECKPOINTS[which]
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist: is {target} a finished run? Try which=last (--which last) "
+                              "for an unfinished one.")
+    return path
+
+
+def load_student(path: str | Path) -> tuple[ContractModel, dict[str, Any]]:
+    """The student of an adakd checkpoint, rebuilt from its ``meta`` with its weights, in eval mode on the CPU."""
+    state = load_checkpoint(path)
+    meta = state.get("meta")
+    if not isinstance(meta, dict) or "model" not in meta:
+        raise CheckpointError(f"{path} carries no model description (meta): it is not an adakd student checkpoint "
+                              "(RUN_DIR/checkpoints/student.pt, best.pt or last.pt). For other weights use "
+                              "build_model + load_weights.")
+    model = build_model(meta["model"], num_classes=meta["num_classes"], in_channels=meta["in_channels"],
+                        image_size=meta["image_size"], **meta.get("kwargs", {}))
+    load_weights(model, state["model"], f"checkpoint {path}")
+    return model.eval(), meta
+
+
 __all__ = ["ComponentSpec", "Components", "spec_of", "build_student", "build_components", "build_phase_optimizer",
-           "synthetic_batch", "check_names_and_options", "check_config"]
+           "synthetic_batch", "check_names_and_options", "check_config", "STUDENT_CHECKPOINTS",
+           "resolve_checkpoint", "load_student"]

@@ -34,13 +34,13 @@ import torch
 from torch import Tensor, nn
 
 from ..version import __version__
-from ..engine.checkpoint import atomic_write_text, load_checkpoint, load_weights
+from ..engine.checkpoint import atomic_write_text, load_weights
+from ..engine.components import load_student, resolve_checkpoint
 from ..errors import AdakdError, CheckpointError, ConfigError
 from ..models import build_model
 
 #: format -> file suffix of the export
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
-CHECKPOINT_OF = {"final": "student.pt", "best": "best.pt"}
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
@@ -58,35 +58,6 @@ class CheckResult:
 
 
 # --------------------------------------------------------------------------- the student
-
-def resolve_checkpoint(target: str | os.PathLike[str], which: str = "final") -> Path:
-    """``RUN_DIR/checkpoints/student.pt`` (final) or ``best.pt``, or ``target`` itself when it is a file."""
-    if which not in CHECKPOINT_OF:
-        raise ConfigError(f"which={which!r}: choose 'final' (the last epoch's student) or 'best' (the best epoch's).")
-    target = Path(target).expanduser()
-    if target.is_file():
-        return target
-    if not target.is_dir():
-        raise CheckpointError(f"{target} does not exist: point at a run directory (runs/<name>) or a .pt file.")
-    path = target / "checkpoints" / CHECKPOINT_OF[which]
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist: is {target} a finished run? "
-                              "Export needs the final (student.pt) or best (best.pt) student checkpoint.")
-    return path
-
-
-def load_student(path: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The student rebuilt from ``meta`` with the checkpoint's weights, in eval mode on the CPU."""
-    state = load_checkpoint(path)
-    meta = state.get("meta")
-    if not isinstance(meta, dict) or "model" not in meta:
-        raise CheckpointError(f"{path} carries no model description (meta); export needs an adakd student "
-                              "checkpoint (RUN_DIR/checkpoints/student.pt or best.pt).")
-    model = build_model(meta["model"], num_classes=meta["num_classes"], in_channels=meta["in_channels"],
-                        image_size=meta["image_size"], **meta.get("kwargs", {}))
-    load_weights(model, state["model"], f"checkpoint {path}")
-    return model.eval(), meta
-
 
 def _dataset_info(meta: dict[str, Any]) -> Any:
     """The dataset's DatasetInfo when its reader can be opened here (metadata only), else None."""
@@ -240,9 +211,9 @@ _CHECKERS: dict[str, Callable[[Path, Tensor, Tensor, dict[str, Any]], CheckResul
 # --------------------------------------------------------------------------- the command
 
 def default_output(checkpoint: Path, target: Path, fmt: str, which: str) -> Path:
-    """``RUN_DIR/export/student<suffix>`` (``best<suffix>`` for the best epoch); beside a .pt file otherwise."""
+    """``RUN_DIR/export/student<suffix>`` (``best<suffix>`` / ``last<suffix>`` for those); beside a .pt file otherwise."""
     if target.is_dir():
-        return target / "export" / (("student" if which == "final" else "best") + FORMATS[fmt])
+        return target / "export" / ({"final": "student"}.get(which, which) + FORMATS[fmt])
     return checkpoint.with_name(checkpoint.stem + FORMATS[fmt])
 
 

@@ -136,7 +136,7 @@ def compute_logit_correlation(run_dir: str | Path, which: str = "final", data_ro
     from ...config import load_config
     from ...runtime.device import resolve_device
     from ...engine.teacher import load_teacher
-    from ..export import load_student, resolve_checkpoint
+    from ...engine.components import load_student, resolve_checkpoint
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
