@@ -223,3 +223,21 @@ def test_sweep_teacher_cache_auto_builds_one_cache_per_pair(tmp_path):
     assert sorted(cached) == sorted(f"s-{m}-{p}-s{s}" for m, p in [("kd", "small"), ("dkd", "small"), ("dkd", "wide")]
                                     for s in (0, 1))
     assert sorted(r.labels["pair"] for r in cache_groups(sweep.runs)) == ["small", "wide"]  # once per pair
+
+
+def test_stream_and_device_paths_replay_the_same_cache_views(tmp_path):
+    """A cache built on one data path serves the other: both replay view e mod K of the cache seed alike."""
+    from test_stream import collect, same, write_tiny_imagenet
+
+    write_tiny_imagenet(tmp_path)
+    common = dict(name="tiny_imagenet", root=str(tmp_path), batch_size=4, eval_batch_size=3, num_workers=0)
+    device = build_data(DataConfig(pipeline="device", **common), "cpu", seed=4, log=None).train
+    stream = build_data(DataConfig(pipeline="stream", **common), "cpu", seed=4, log=None).train
+    for loader in (device, stream):
+        loader.replay_augmentation(seed=2, views=3)
+        loader.set_epoch(4)
+    a, b = collect(device), collect(stream)
+    assert same(a, b)
+    rows = a[0].index
+    assert torch.equal(device.view_batch(rows, 2, 1).x, a[0].x) and torch.equal(stream.view_batch(rows, 2, 1).x, a[0].x)
+    assert tc.augmentation_signature(device) == tc.augmentation_signature(stream)
