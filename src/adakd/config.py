@@ -195,7 +195,9 @@ class RunConfig(_Strict):
     output_dir: str = "runs"
     #: Explicit run directory; default ``output_dir/name``.
     run_dir: str | None = None
-    resume: bool = False
+    #: true: continue the run from its last checkpoint (strict: same config); "auto": continue when the run
+    #: directory holds a checkpoint of this same config, else start (torchrun restarts imply "auto").
+    resume: bool | Literal["auto"] = False
     data: DataConfig
     teacher: TeacherConfig | None = None
     student: ModelConfig

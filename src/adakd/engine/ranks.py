@@ -134,3 +134,56 @@ def follower_run_dir(path: Any) -> Any:
             return logger
 
     return FollowerRunDir(path)
+
+
+def elastic_restart() -> int:
+    """How many times torchrun's agent has restarted this job's workers (``--max-restarts``; 0 otherwise)."""
+    import os
+
+    try:
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    except ValueError:
+        return 0
+
+
+def resolve_auto_resume(cfg: Any, allow_changes: tuple[str, ...], log: Any) -> Any:
+    """Rank 0: ``cfg`` with ``resume`` decided (True/False) where it is ``"auto"``, or where torchrun restarted
+    the workers (``TORCHELASTIC_RESTART_COUNT`` > 0: the agent relaunches them with the same arguments, so a
+    restart continues its own run without ``--resume`` added by hand).
+
+    Auto resumes the newest of ``run_dir`` and its numbered siblings (``name-1``, ``name-2``, ...: where a run
+    whose directory was taken went) that holds a checkpoint and a ``config.yaml`` equal to ``cfg`` up to the
+    keys the strict resume ignores and ``allow_changes``; it starts a new run when there is none."""
+    from ..config import load_raw
+    from ..errors import AdakdError
+    from .checkpoint import previous_path
+    from .run_dir import RunDir
+    from .trainer import config_changes
+
+    restarted = elastic_restart() > 0
+    if cfg.resume is True or (cfg.resume is False and not restarted):
+        return cfg
+    base = cfg.resolved_run_dir()
+    candidates = [base] if cfg.run_dir else [base, *(base.with_name(f"{base.name}-{i}") for i in range(1, 10_000))]
+    found = None
+    for path in candidates:
+        if not path.exists():
+            if path != base:
+                break
+            continue
+        rd = RunDir(path)
+        if not (rd.last_checkpoint.exists() or previous_path(rd.last_checkpoint).exists()) or not rd.config_path.is_file():
+            continue
+        try:
+            changes = config_changes(load_raw(rd.config_path), cfg.model_dump(mode="json"))
+        except AdakdError:
+            continue
+        if all(k in allow_changes for k in changes):
+            found = path
+    why = f"torchrun restart {elastic_restart()}" if restarted else "resume: auto"
+    if found is None:
+        log(f"{why}: no checkpoint of this config under {base}; starting a new run")
+        return cfg.model_copy(update={"resume": False})
+    log(f"{why}: continuing {found} from its last checkpoint")
+    return cfg.model_copy(update={"resume": True, "run_dir": str(found)})
+

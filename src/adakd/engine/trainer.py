@@ -258,6 +258,8 @@ class Trainer:
         self.dist = ddp.init_distributed(resolve_device(cfg.device)) if self._distributed else ddp.SINGLE
         if not self.dist.is_main:  # only rank 0 prints and writes
             self._print = lambda msg: None
+        # resume: auto (and torchrun restarts): rank 0 decides from the run directory, every rank follows
+        self.cfg = cfg = ddp.run_on_main(lambda: ranks.resolve_auto_resume(cfg, self.allow_changes, self._print))
         path = ddp.run_on_main(lambda: self._create_run_dir(dump_config(cfg)))
         self.run_dir = RunDir(path) if self.dist.is_main else ranks.follower_run_dir(path)
         self.logger = self.run_dir.logger()

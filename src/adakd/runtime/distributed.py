@@ -116,7 +116,19 @@ def init_distributed(device: torch.device) -> DistInfo:
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     minutes = float(os.environ.get("ADAKD_DIST_TIMEOUT_MIN", "120"))
-    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=minutes))
+    timeout = datetime.timedelta(minutes=minutes)
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if restart not in ("", "0"):
+        # a torchrun restart: the agent's store outlives the killed workers, and with it their gloo/NCCL
+        # addresses under the default group's keys (a relaunched rank 0 once dialled the dead rank 1:
+        # "connectFullMesh failed ... Connection refused"). This attempt's keys get their own prefix.
+        from torch.distributed.rendezvous import rendezvous
+
+        store, rank_, size = next(rendezvous("env://", timeout=timeout))
+        dist.init_process_group(backend, store=dist.PrefixStore(f"adakd/attempt_{restart}", store), rank=rank_,
+                                world_size=size, timeout=timeout)
+    else:
+        dist.init_process_group(backend, timeout=timeout)
     _state["initialized_here"] = True
     return current()
 
