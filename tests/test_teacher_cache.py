@@ -223,6 +223,13 @@ def test_sweep_teacher_cache_auto_builds_one_cache_per_pair(tmp_path):
     assert sorted(cached) == sorted(f"s-{m}-{p}-s{s}" for m, p in [("kd", "small"), ("dkd", "small"), ("dkd", "wide")]
                                     for s in (0, 1))
     assert sorted(r.labels["pair"] for r in cache_groups(sweep.runs)) == ["small", "wide"]  # once per pair
+    import subprocess
+    import sys
+
+    # in a fresh process (nothing registered but what the sweep imports): the CLI's dry run
+    out = subprocess.run([sys.executable, "-m", "adakd", "sweep", str(tmp_path / "sweep.yaml"), "--dry-run"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
 
 
 def test_stream_and_device_paths_replay_the_same_cache_views(tmp_path):

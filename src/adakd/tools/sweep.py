@@ -246,7 +246,7 @@ def prepare(run: SweepRun, sweep_name: str) -> Path:
 def uses_cache(cfg: RunConfig) -> bool:
     """Whether a run reads a teacher-output cache: a teacher with ``cache`` on, losses that read only the
     teacher's logits / pooled embedding, and a strategy that reads the teacher through them."""
-    from .. import losses  # noqa: F401  (registers the distillers)
+    from .. import losses, strategies  # noqa: F401  (register the distillers and strategies)
     from ..registry import DISTILLERS, STRATEGIES
 
     if cfg.teacher is None or cfg.teacher.cache == "off" or not cfg.losses:
