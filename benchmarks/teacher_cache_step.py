@@ -1,6 +1,7 @@
 """Step time with the teacher-output cache vs the live teacher, side by side in one process (issue 18).
 
     python benchmarks/teacher_cache_step.py [--steps 6] [--methods kd dkd aekt dist crd rkd] [--out FILE]
+    python benchmarks/teacher_cache_step.py --pair fmnist --batch 128 --methods kd dkd aekt dist ls   # the sweep's pair
 
 resnet32x4 -> resnet8x4 on 32x32 RGB (CIFAR-100 shapes, 100 classes; random pixels), batch 64, fp32, standard
 strategy. The cached step reads the teacher's logits/pooled from a real cache (built here over 512 random
@@ -27,7 +28,9 @@ from adakd.losses.base import DistillContext
 from adakd.models import build_model
 
 LOSSES = {"kd": {"kd": {"temperature": 4.0}}, "dkd": {"dkd": {}}, "aekt": {"aekt": {}}, "dist": {"dist": {}},
-          "crd": {"crd": {}}, "rkd": {"rkd": {}}}
+          "crd": {"crd": {}}, "rkd": {"rkd": {}}, "ls": {"ls": {}}}
+#: --pair: (teacher, student, channels, image size, classes)
+PAIRS = {"cifar": ("resnet32x4", "resnet8x4", 3, 32, 100), "fmnist": ("resnet20", "resnet8", 1, 28, 10)}
 
 
 def main() -> None:
@@ -36,14 +39,17 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--methods", nargs="+", default=list(LOSSES))
     ap.add_argument("--out", default=None)
+    ap.add_argument("--pair", choices=list(PAIRS), default="cifar")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     args = ap.parse_args()
     torch.manual_seed(0)
-    n, classes, bs = 512, 100, args.batch
-    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
-    loader = DeviceLoader(images, torch.randint(0, classes, (n,)), mean=[0.5] * 3, std=[0.25] * 3, batch_size=bs,
+    t_name, s_name, ch, size, classes = PAIRS[args.pair]
+    n, bs = 512, args.batch
+    images = torch.randint(0, 256, (n, ch, size, size), dtype=torch.uint8)
+    loader = DeviceLoader(images, torch.randint(0, classes, (n,)), mean=[0.5] * ch, std=[0.25] * ch, batch_size=bs,
                           shuffle=True, augment=True, crop_padding=4, flip=True, drop_last=True, seed=0)
-    teacher = build_model("resnet32x4", num_classes=classes, in_channels=3, image_size=32).eval().requires_grad_(False)
-    spec = tc.CacheSpec({"format": tc.FORMAT, "teacher": {"name": "resnet32x4", "kwargs": {}, "weights": "bench"},
+    teacher = build_model(t_name, num_classes=classes, in_channels=ch, image_size=size).eval().requires_grad_(False)
+    spec = tc.CacheSpec({"format": tc.FORMAT, "teacher": {"name": t_name, "kwargs": {}, "weights": "bench"},
                          "data": {"config": {"name": "random"}, "rows": n}, "augmentation": {"seed": 0},
                          "views": 1, "storage": {"dtype": "fp16", "topk": None}})
     tmp = Path(tempfile.mkdtemp(prefix="adakd-cache-bench-"))
@@ -52,14 +58,14 @@ def main() -> None:
     build_s = time.perf_counter() - t0
     cache = tc.TeacherCache(tmp, spec)
     cpu = torch.device("cpu")
-    results = {"threads": torch.get_num_threads(), "batch": bs, "build_seconds_512_images": round(build_s, 2),
+    results = {"pair": f"{t_name} -> {s_name}", "precision": args.precision, "threads": torch.get_num_threads(), "batch": bs, "build_seconds_512_images": round(build_s, 2),
                "load_before": os.getloadavg(), "methods": {}}
     batches = [b for b in loader]
     for method in args.methods:
         torch.manual_seed(0)
-        student = build_model("resnet8x4", num_classes=classes, in_channels=3, image_size=32)
+        student = build_model(s_name, num_classes=classes, in_channels=ch, image_size=size)
         parts = build_components(ComponentSpec(losses=LOSSES[method], ce_weight=1.0), student, teacher, device=cpu,
-                                 precision="fp32", num_classes=classes, num_train=n)
+                                 precision=args.precision, num_classes=classes, num_train=n)
         phase = parts.phases[-1]
         opt = build_phase_optimizer(phase, OptimizerConfig(), 0.05, cpu)
         feed = tc.TeacherFeed(cache, cpu, classes)
