@@ -179,11 +179,15 @@ def test_killed_build_resumes_and_corruption_is_caught(tmp_path, fmnist_root, on
     tc.build_for_config(cfg, log=logs.append)  # resumes: views 2 and 3 only
     assert sum("built" in m for m in logs) == 2 and (path / "logits-00000.npy").stat().st_mtime_ns == first
     assert tc.describe(path)["complete"]
+    from adakd.cli import main
+
+    assert main(["cache", "info", str(path)]) == 0
     # a temporary left by a kill mid-write is not a view; a flipped byte fails the checksum
     data = bytearray((path / "logits-00002.npy").read_bytes())
     data[-3] ^= 0x40
     (path / "logits-00002.npy").write_bytes(bytes(data))
     assert tc.describe(path)["corrupt_files"] == ["logits-00002.npy"]
+    assert main(["cache", "info", str(path), "--json"]) == 1
     with pytest.raises(CacheError, match="logits-00002.npy fails its sha256 checksum"):
         _run(_cfg(tmp_path, fmnist_root, ckpt, **{"teacher.cache": str(path), "teacher.cache_views": 4}))
 
