@@ -12,6 +12,8 @@ ROOT = Path(__file__).resolve().parents[1] / "results" / "teacher-cache"
 def runs() -> list[tuple[str, str, int, dict]]:
     out = []
     for summary in ROOT.rglob("summary.json"):
+        if "retime" in str(summary):  # the re-timed sweep repeats seed 0's runs (timing only)
+            continue
         s = json.loads(summary.read_text())
         name = summary.parent.name
         method = "dkd" if "dkd" in name else "kd" if "-kd-" in name or name.startswith("kd-") else None
