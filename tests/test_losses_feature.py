@@ -29,6 +29,9 @@ from adakd.losses.reviewkd import ReviewKD, hierarchical_context_loss
 from adakd.models.contract import Features, FeatureShapes
 from adakd.registry import DISTILLERS
 
+# many tiny ops (gradchecks): one thread, so a busy machine's OpenMP barriers do not stall them 100x
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 EPS_BN = 1e-5
 
 

@@ -17,6 +17,9 @@ from adakd.losses.kd import KD, LogitStandardizedKD
 from adakd.models.contract import Features, FeatureShapes
 from adakd.registry import DISTILLERS
 
+# many tiny ops (gradchecks): one thread, so a busy machine's OpenMP barriers do not stall them 100x
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 B, C = 6, 5
 
 

@@ -26,6 +26,9 @@ from adakd.losses.vid import VID
 from adakd.models.contract import Features, FeatureShapes
 from adakd.registry import DISTILLERS
 
+# many tiny ops (gradchecks): one thread, so a busy machine's OpenMP barriers do not stall them 100x
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 STUDENT_MAPS = [(3, 8, 8), (4, 8, 8), (5, 4, 4), (6, 2, 2)]
 TEACHER_MAPS = [(4, 8, 8), (6, 4, 4), (7, 4, 4), (8, 2, 2)]
 
