@@ -31,7 +31,8 @@ Design (issue 18)
   padding, flip, cache seed), K and the storage (dtype, top-k). ``auto`` finds or builds the cache of its
   key; an explicit PATH built from anything else is refused with one message naming what differs.
 * **Build.** ``adakd cache build CONFIG`` (or the first ``auto`` run; ``adakd sweep`` once per pair): rank ``r``
-  of ``W`` (torchrun) builds views ``v = r mod W``; the teacher runs in fp32.
+  of ``W`` (torchrun) builds views ``v = r mod W``; the teacher runs in fp32 and NCHW (a copy), whoever builds,
+  so a key always stands for the same numbers.
 """
 from __future__ import annotations
 
@@ -237,7 +238,10 @@ def build_views(path: Path, spec: CacheSpec, teacher: nn.Module, loader: Any, de
         todo = todo[:stop_after]
     storage = spec.material["storage"]
     n = int(loader.num_rows)
-    teacher.eval()
+    # one memory format for every builder (the trainer's teacher may be channels_last): same key, same numbers
+    import copy
+
+    teacher = copy.deepcopy(teacher).to(memory_format=torch.contiguous_format).eval()
     built = []
     for v in todo:
         t0 = time.perf_counter()
@@ -247,7 +251,7 @@ def build_views(path: Path, spec: CacheSpec, teacher: nn.Module, loader: Any, de
             for start in range(0, n, batch_size):
                 rows = torch.arange(start, min(start + batch_size, n))
                 batch = loader.view_batch(rows, spec.seed, v)
-                f = teacher.forward_features(batch.x)
+                f = teacher.forward_features(batch.x.contiguous())
                 logits.append(f.logits.float().cpu())
                 pooled.append(f.pooled.float().cpu())
                 bar(min(start + batch_size, n))
