@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 
 from adakd.cli import main
@@ -181,6 +182,18 @@ def test_resume_with_allowed_more_epochs_continues_and_records_it(tmp_path, fini
     assert history[-1]["changes"] == {"train.epochs": [1, 2]}
     assert json.loads((run / "summary.json").read_text())["epochs"] == 2
     assert [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [1, 2]
+
+
+def test_a_run_written_before_a_new_config_key_still_resumes(tmp_path, finished, capsys):
+    """A key added to the schema later (here train.tensorboard) compares as its default, not as a change."""
+    run, config, _ = copy_run(finished, tmp_path)
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    del stored["train"]["tensorboard"]
+    (run / "config.yaml").write_text(yaml.safe_dump(stored))
+    assert main(["train", str(config), "train.epochs=2", "--resume", "--allow-changes", "train.epochs"]) == 0, \
+        capsys.readouterr().err
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert history[-1]["changes"] == {"train.epochs": [1, 2]}
 
 
 def test_resume_of_a_finished_run_rewrites_nothing(tmp_path, finished, capsys):

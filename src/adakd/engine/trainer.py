@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from ..config import RunConfig, dump_config, load_raw
+from ..config import RunConfig, dump_config, load_raw, validate
 from ..data import build_data
 from ..errors import AdakdError, CheckpointError, ConfigError
 from ..losses.base import DistillContext
@@ -343,6 +343,10 @@ class Trainer:
             stored = load_raw(run_dir.config_path)
         except AdakdError as exc:
             raise AdakdError(f"cannot resume {run_dir.path}: its config.yaml is unreadable ({exc}).") from None
+        try:  # through today's schema: a key added since the run was written compares as its default
+            stored = validate(stored, str(run_dir.config_path)).model_dump(mode="json")
+        except AdakdError:
+            pass  # a key that no longer exists: compare the file as written (the difference is listed)
         changes = config_changes(stored, self.cfg.model_dump(mode="json"))
         refused = {k: v for k, v in changes.items() if k not in self.allow_changes}
         if refused:
