@@ -72,30 +72,20 @@ class DeviceLoader(EpochPosition):
                               f"{tuple(self.images.shape)} and {tuple(self.labels.shape)}.")
         if self.images.shape[0] == 0:
             raise ConfigError("DeviceLoader got an empty dataset; check the data split and subset settings.")
-        if batch_size <= 0:
-            raise ConfigError(f"batch_size={batch_size} must be positive.")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ConfigError(f"rank={rank}, world_size={world_size}: need 0 <= rank < world_size.")
+        self._init_position(batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, rank=rank,
+                            world_size=world_size)
         if crop_padding < 0:
             raise ConfigError(f"crop_padding={crop_padding} must be >= 0.")
         self.device = device
-        self.batch_size = batch_size
-        self.shuffle = shuffle
         self.augment = augment
         self.crop_padding = crop_padding if augment else 0
         self.flip = flip and augment
-        self.drop_last = drop_last
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
         self.channels_last = channels_last
         self.dtype = dtype
         self.scale, self.shift = normalization(mean, std, device)
         if self.scale.shape[1] != self.images.shape[1]:
             raise ConfigError(f"mean/std have {self.scale.shape[1]} values but the images have "
                               f"{self.images.shape[1]} channels.")
-        self.epoch = 0
-        self.position = 0
         self._plan_cache: tuple[int, tuple[Tensor, Tensor | None, Tensor | None]] | None = None
 
     @property

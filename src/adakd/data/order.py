@@ -80,6 +80,20 @@ class EpochPosition:
     augment_seed: int | None = None
     augment_views: int | None = None
 
+    def _init_position(self, *, batch_size: int, shuffle: bool, drop_last: bool, seed: int, rank: int,
+                       world_size: int) -> None:
+        """Check and set the batching and sharding settings; start at epoch 0, position 0."""
+        from ..errors import ConfigError
+
+        if batch_size <= 0:
+            raise ConfigError(f"batch_size={batch_size} must be positive.")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ConfigError(f"rank={rank}, world_size={world_size}: need 0 <= rank < world_size.")
+        self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self.position = 0
+
     def replay_augmentation(self, seed: int, views: int) -> None:
         """Augment epoch ``e`` as view ``e % views`` drawn from ``seed`` (the order stays the run's)."""
         if views < 1:

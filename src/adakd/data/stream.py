@@ -106,22 +106,14 @@ class StreamLoader(EpochPosition):
                  dtype: torch.dtype = torch.float32, num_workers: int = 0, prefetch_factor: int = 2) -> None:
         if len(samples) == 0:
             raise ConfigError("StreamLoader got an empty dataset; check the data split and subset settings.")
-        if batch_size <= 0:
-            raise ConfigError(f"batch_size={batch_size} must be positive.")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ConfigError(f"rank={rank}, world_size={world_size}: need 0 <= rank < world_size.")
+        self._init_position(batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, rank=rank,
+                            world_size=world_size)
         if num_workers < 0 or prefetch_factor < 1:
             raise ConfigError(f"num_workers={num_workers} must be >= 0 and prefetch_factor={prefetch_factor} >= 1.")
         self.samples = samples
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.train_recipe, self.eval_recipe = train_recipe, eval_recipe
         self.image_size = image_size
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
         self.channels_last = channels_last
         self.dtype = dtype
         self.num_workers = num_workers
@@ -130,8 +122,6 @@ class StreamLoader(EpochPosition):
         if self.scale.shape[1] != samples.channels:
             raise ConfigError(f"mean/std have {self.scale.shape[1]} values but the images have "
                               f"{samples.channels} channels.")
-        self.epoch = 0
-        self.position = 0
         # keyed by (rank, world_size): shared with the shallow copies evaluation makes per rank
         self._workers: dict[tuple[int, int], tuple[DataLoader, _EpochBatches]] = {}
         self._rows_cache: tuple[tuple[int, int, int], list[int]] | None = None
