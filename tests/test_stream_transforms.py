@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from adakd.data.augment import crop_and_flip
+from image_sources import OneImage
 from adakd.data.transforms import (ImageNetEval, ImageNetTrain, PadCropFlip, augmentation_params, center_crop_box,
                                    random_resized_crop_params, recipes, resized_shorter_side, sample_generator)
 
@@ -21,17 +22,6 @@ def coordinate_image(width: int, height: int):
     x = np.arange(width)[None, :].repeat(height, 0)
     y = np.arange(height)[:, None].repeat(width, 1)
     return PIL.fromarray(np.stack([x % 256, y % 256, (x + y) % 256], axis=2).astype(np.uint8))
-
-
-class OneImage:
-    def __init__(self, image):
-        self.img = image
-
-    def image(self, i):
-        return self.img
-
-    def square(self, i):
-        return np.asarray(self.img).transpose(2, 0, 1)
 
 
 # ----------------------------------------------------------------------------- RandomResizedCrop

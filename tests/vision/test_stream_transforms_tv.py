@@ -6,21 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from image_sources import OneImage
 from adakd.data.transforms import ImageNetEval, ImageNetTrain, PadCropFlip
 
 v2 = pytest.importorskip("torchvision.transforms.v2")
 Image = pytest.importorskip("PIL.Image")
-
-
-class OneImage:
-    def __init__(self, image):
-        self.img = image
-
-    def image(self, i):
-        return self.img
-
-    def square(self, i):
-        return np.asarray(self.img).transpose(2, 0, 1)
 
 
 def photo(width: int, height: int, seed: int = 0):
