@@ -125,7 +125,7 @@ def check_names_and_options(cfg: RunConfig) -> None:
         strategy.check_options(cfg.strategy.options)
 
 
-def check_config(cfg: RunConfig, data: bool = True, log: Any = None) -> dict[str, Any]:
+def check_config(cfg: RunConfig, data: bool = True) -> dict[str, Any]:
     """``adakd train --dry-run``: names, options, the dataset's files (``data``), and every component built
     from random weights and stepped once (each phase) on a synthetic batch, on the CPU. Returns what was built."""
     from ..data.build import open_dataset
