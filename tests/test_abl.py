@@ -252,6 +252,26 @@ def test_darts_option_matches_its_finite_difference_definition():
     torch.testing.assert_close(s.last_hypergradient, expected, rtol=1e-7, atol=1e-12)
 
 
+def test_meta_every_k_moves_gamma_only_on_every_kth_step_after_the_warm_start():
+    """meta_every = 3, warm start 2: meta steps at steps 2, 5, 8; every other step trains with gamma as it is
+    (and equals train_step with those probabilities)."""
+    s = make({"kd": {}}, options={"warm_start_steps": 2, "meta_every": 3})
+    vb = batch(8, seed=11)
+    s._val_batch = lambda step, size: vb
+    params = [q for m in s.trainable_modules() for q in m.parameters()]
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    moved = []
+    for step in range(9):
+        b = batch(seed=20 + step)
+        before = s.gamma.detach().clone()
+        s.search_step(b, DistillContext(labels=b.y, indices=b.index, epoch=0, step=step, epochs_total=1,
+                                        progress=0.0), opt)
+        moved.append(not torch.equal(before, s.gamma.detach()))
+    assert moved == [False, False, True, False, False, True, False, False, True]
+    with pytest.raises(Exception, match="meta_every"):
+        make({"kd": {}}, options={"meta_every": 0})
+
+
 def test_aux_head_variants_and_errors():
     x = torch.randn(2, 8, 8, 8)
     sizes = {}

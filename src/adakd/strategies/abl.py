@@ -29,6 +29,8 @@ strategy.options (typed and defaulted in ``ABLOptions``):
   search_epochs      epochs of the search stage (default: the train schedule's)
   warm_start_epochs  gamma fixed at 0 for this many search epochs (default: a quarter of them;
                      paper: 40,000 iterations on CIFAR-100); warm_start_steps overrides it
+  meta_every         one meta step (hypergradient + gamma update) every k search steps after the warm start;
+                     the other steps train with the current gamma (paper: k = 1)
   hypergradient      exact | darts | first_order (see abl_meta)
   meta_lr, meta_betas, meta_weight_decay   Adam on gamma (DARTS's architecture optimiser)
   val_loss           ce | ce+kd (L_val: CE of the final logits, optionally + the distillation loss)
@@ -83,6 +85,7 @@ class ABLOptions(StrictOptions):
     search_epochs: int | None = Field(None, ge=0)
     warm_start_epochs: float | None = Field(None, ge=0)
     warm_start_steps: int | None = Field(None, ge=0)
+    meta_every: int = Field(1, ge=1)
     hypergradient: Annotated[Literal[HYPERGRADIENTS], Choice] = "exact"
     meta_lr: float = Field(3e-4, gt=0)
     meta_betas: tuple[float, float] = (0.5, 0.999)
@@ -168,6 +171,7 @@ class ABLStrategy(Strategy):
         else:
             warm = o["warm_start_epochs"] if o["warm_start_epochs"] is not None else self.search_epochs / 4
             self.warm_start_steps = int(round(float(warm) * ctx.steps_per_epoch))
+        self.meta_every = int(o["meta_every"])
         if self.searching and ctx.val_loader is None:
             raise ConfigError("strategy abl searches its gammas on a validation split held out of the training set: "
                               "set data.val_fraction (e.g. data.val_fraction=0.1), or give strategy.options.gammas "
@@ -318,8 +322,9 @@ class ABLStrategy(Strategy):
 
     def search_step(self, batch: Batch, ctx: DistillContext, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
         """Warm start (gamma fixed), then: virtual step theta' -> hypergradient on a validation batch ->
-        gamma update -> the real step from theta with the new gamma (Algorithm 1 of the paper)."""
-        if ctx.step < self.warm_start_steps:
+        gamma update -> the real step from theta with the new gamma (Algorithm 1 of the paper). With
+        meta_every = k only every k-th step after the warm start is a meta step; the others train with gamma as is."""
+        if ctx.step < self.warm_start_steps or (ctx.step - self.warm_start_steps) % self.meta_every:
             out = self.train_step(batch, ctx, optimizer)
             self._record(ctx.step + 1)
             return out
