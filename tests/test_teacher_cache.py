@@ -252,3 +252,13 @@ def test_stream_and_device_paths_replay_the_same_cache_views(tmp_path):
     rows = a[0].index
     assert torch.equal(device.view_batch(rows, 2, 1).x, a[0].x) and torch.equal(stream.view_batch(rows, 2, 1).x, a[0].x)
     assert tc.augmentation_signature(device) == tc.augmentation_signature(stream)
+
+
+def test_cache_directory_names_are_path_safe_for_hub_model_names():
+    """A tv:/timm: model name's colon (not allowed in a Windows path) never reaches a cache directory name."""
+    from adakd.engine.teacher import path_safe, recipe_key
+    cfg = validate({"name": "fmnist-teacher", "data": {"name": "fashion_mnist"}, "student": {"name": "tv:resnet18"}})
+    key = recipe_key(cfg)
+    assert key.startswith("fmnist-teacher-tv-resnet18-") and ":" not in key
+    assert path_safe("timm:mobilenetv3_small_050/x y") == "timm-mobilenetv3_small_050-x-y"
+    assert path_safe("resnet20-fashion_mnist-k15-0a1b") == "resnet20-fashion_mnist-k15-0a1b"  # unchanged

@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -61,7 +62,13 @@ def recipe_key(cfg: RunConfig) -> str:
     for key in ("compile", "compile_mode"):
         payload.get("train", {}).pop(key, None)
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{cfg.name}-{cfg.student.name}-{digest}"
+    return path_safe(f"{cfg.name}-{cfg.student.name}-{digest}")
+
+
+def path_safe(name: str) -> str:
+    """``name`` as one directory name on every OS: characters other than letters, digits and ``. _ + -``
+    (``tv:resnet18``'s colon is not allowed on Windows) become ``-``."""
+    return re.sub(r"[^A-Za-z0-9._+-]", "-", name)
 
 
 @contextlib.contextmanager

@@ -55,7 +55,7 @@ from ..config import RunConfig
 from ..errors import CacheError
 from ..models.contract import Features
 from .checkpoint import atomic_write_bytes, atomic_write_text
-from .teacher import file_lock
+from .teacher import file_lock, path_safe
 
 FORMAT = "adakd-teacher-cache-v1"
 #: Data config keys that do not change the training samples (where they live, how they are batched/read).
@@ -139,7 +139,7 @@ class CacheSpec:
     def key(self) -> str:
         m = self.material
         digest = _sha(json.dumps(m, sort_keys=True).encode())[:16]
-        return f"{m['teacher']['name']}-{m['data']['config'].get('name', 'data')}-k{m['views']}-{digest}"
+        return path_safe(f"{m['teacher']['name']}-{m['data']['config'].get('name', 'data')}-k{m['views']}-{digest}")
 
     @property
     def views(self) -> int:
