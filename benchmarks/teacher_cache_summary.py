@@ -1,50 +1,61 @@
-"""Collect the issue-18 runs (results/teacher-cache/) into results/teacher-cache/accuracy.md: final and best
-test top-1 of KD and DKD with the live teacher, the cache at K = epochs and at K = 2, per seed and mean +- std."""
+"""Collect the issue-18 accuracy runs into a table: last and best test top-1 of each (method, teacher) cell of a
+sweep whose grid has the axes ``method`` and ``teacher`` (sweeps/cache15_accuracy.yaml), per seed and mean +- std,
+with the mean training seconds.
+
+    python benchmarks/teacher_cache_summary.py results/teacher-cache/recipe15/accuracy \
+        --out results/teacher-cache/recipe15/accuracy.md
+
+Reads every ``<run>/sweep.json`` (the sweep's labels of the run) beside its ``summary.json``.
+"""
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1] / "results" / "teacher-cache"
 
-
-def runs() -> list[tuple[str, str, int, dict]]:
-    out = []
-    for summary in ROOT.rglob("summary.json"):
-        if "retime" in str(summary):  # the re-timed sweep repeats seed 0's runs (timing only)
+def cells(root: Path) -> dict[tuple[str, str], list[tuple[int, dict]]]:
+    """(method, teacher label) -> [(seed, summary)] for every finished run under ``root``."""
+    out: dict[tuple[str, str], list[tuple[int, dict]]] = {}
+    for meta_path in sorted(root.rglob("sweep.json")):
+        summary = meta_path.parent / "summary.json"
+        if not summary.exists():
             continue
-        s = json.loads(summary.read_text())
-        name = summary.parent.name
-        method = "dkd" if "dkd" in name else "kd" if "-kd-" in name or name.startswith("kd-") else None
-        if method is None:
-            continue
-        if "k2" in name:
-            mode = "K=2"
-        elif "cached" in name or "k_epochs" in name:
-            mode = "K=epochs"
-        else:
-            mode = "live"
-        seed = int(name.rsplit("s", 1)[1])
-        out.append((method, mode, seed, s))
+        meta = json.loads(meta_path.read_text())
+        labels = meta["labels"]
+        key = (labels.get("method", "?"), labels.get("teacher", "?"))
+        out.setdefault(key, []).append((int(meta["seed"]), json.loads(summary.read_text())))
     return out
 
 
-def main() -> None:
-    rows = sorted(runs(), key=lambda r: (r[0], r[1], r[2]))
-    lines = ["| method | teacher | seeds | last top-1 per seed | mean +- std | train s per run |", "|---|---|---|---|---|---|"]
-    groups: dict[tuple[str, str], list] = {}
-    for method, mode, seed, s in rows:
-        groups.setdefault((method, mode), []).append((seed, s))
-    for (method, mode), items in sorted(groups.items()):
+def mean_std(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} +- {sd:.2f}"
+
+
+def table(groups: dict[tuple[str, str], list[tuple[int, dict]]]) -> str:
+    lines = ["| method | teacher | n | last top-1 per seed | last mean +- std | best mean +- std | train s (mean) |",
+             "|---|---|---|---|---|---|---|"]
+    for (method, teacher), items in sorted(groups.items()):
+        items.sort(key=lambda item: item[0])
         last = [float(s["last_top1"]) for _, s in items]
+        best = [float(s["best_top1"]) for _, s in items]
         secs = [float(s.get("train_seconds") or 0) for _, s in items]
-        sd = statistics.stdev(last) if len(last) > 1 else 0.0
-        lines.append(f"| {method} | {mode} | {','.join(str(k) for k, _ in items)} | "
-                     f"{', '.join(f'{v:.2f}' for v in last)} | {statistics.mean(last):.2f} +- {sd:.2f} | "
+        per_seed = ", ".join(f"s{seed} {v:.2f}" for (seed, _), v in zip(items, last))
+        lines.append(f"| {method} | {teacher} | {len(items)} | {per_seed} | {mean_std(last)} | {mean_std(best)} | "
                      f"{statistics.mean(secs):.0f} |")
-    text = "\n".join(lines) + "\n"
-    (ROOT / "accuracy.md").write_text(text)
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", type=Path, help="the sweep's output_dir")
+    parser.add_argument("--out", type=Path, help="write the table here too (markdown)")
+    args = parser.parse_args()
+    text = table(cells(args.root))
+    if args.out:
+        args.out.write_text(text)
     print(text)
 
 
