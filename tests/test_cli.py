@@ -64,6 +64,7 @@ def test_train_then_eval(tmp_path, fmnist_root, capsys):
     (["train", "{cfg}", "train.epoch=2"], "Did you mean 'train.epochs'"),
     (["train", "{cfg}", "student.name=resnet9"], "unknown model 'resnet9'"),
     (["train", "{cfg}", "train.epochs=-1"], "train.epochs"),
+    (["train", "{cfg}", "--dry-run", "train.epoch=2"], "Did you mean 'train.epochs'"),  # an override after an option
     (["eval", "{tmp}/nothing.pt"], "not found"),
 ])
 def test_user_errors_exit_2_with_one_message(tmp_path, fmnist_root, capsys, args, message):
@@ -74,6 +75,13 @@ def test_user_errors_exit_2_with_one_message(tmp_path, fmnist_root, capsys, args
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_unknown_option_is_still_refused(tmp_path, fmnist_root, capsys):
+    cfg = write_cfg(tmp_path, fmnist_root)
+    with pytest.raises(SystemExit) as exc:
+        main(["train", str(cfg), "--dry-run", "--bogus", "seed=1"])
+    assert exc.value.code == 2 and "unrecognized arguments: --bogus seed=1" in capsys.readouterr().err
 
 
 def test_malformed_yaml_subprocess_exit_code(tmp_path):

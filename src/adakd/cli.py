@@ -298,7 +298,12 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "export": cm
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # dotted overrides after an option (`train CONFIG --resume seed=3`) are overrides too
+        if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
     debug = args.debug or bool(os.environ.get("ADAKD_DEBUG"))
     try:
         from .plugins import load_plugins

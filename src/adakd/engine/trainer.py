@@ -522,8 +522,7 @@ class Trainer:
                 return previous
         else:
             if cfg.resume:
-                self._log(f"--resume: {self.run_dir.path} holds no checkpoint (the run never started); "
-                          "starting it from the beginning")
+                self._log(f"resume: no checkpoint in {self.run_dir.path} yet; starting the run from the beginning")
             self._log(f"run directory {self.run_dir.path}")
             if self.dist.is_main and self.run_dir.metrics_path.exists():
                 self.run_dir.metrics_path.unlink()
