@@ -91,6 +91,22 @@ def test_the_probe_is_cached_reused_and_keyed(tmp_path, monkeypatch):
     assert resolve_fast_path("auto", "auto", CPU, timer, key).source == "probe" and timer.calls == 4
 
 
+def test_a_probe_timed_on_a_busy_machine_is_timed_again_once_it_is_calm(tmp_path, monkeypatch):
+    """Other jobs on the cores distort the ranking (seen: 10-25x inflated steps, fp32 kept where bf16 is 2x
+    faster when quiet), so a probe stored with > BUSY_LOAD threads per core is not reused on a calm machine."""
+    timer = FakeTimer(fp32_NCHW=310, fp32_CL=290, bf16_NCHW=120, bf16_CL=95)
+    key = {"device": "cpu model", "batch_size": 64}
+    monkeypatch.setattr(probe, "load_average", lambda: 4.0)
+    first = resolve_fast_path("auto", "auto", CPU, timer, key)
+    assert json.loads(Path(first.cache_path).read_text())["load"] == 4.0
+    assert resolve_fast_path("auto", "auto", CPU, timer, key).source == "cache" and timer.calls == 1  # still busy
+    monkeypatch.setattr(probe, "load_average", lambda: 0.5)
+    assert resolve_fast_path("auto", "auto", CPU, timer, key).source == "probe" and timer.calls == 2  # calm: again
+    assert resolve_fast_path("auto", "auto", CPU, timer, key).source == "cache" and timer.calls == 2  # calm record
+    assert probe.busy_then_calm_now(None, now=0.1) is False  # records without a load (older, or no getloadavg)
+    assert probe.busy_then_calm_now(1.4, now=0.1) is False and probe.busy_then_calm_now(3.0, now=1.6) is False
+
+
 def test_environment_override_skips_the_probe_and_config_values_win(monkeypatch):
     def must_not_time(options):
         raise AssertionError("probed")

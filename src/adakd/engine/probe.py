@@ -59,6 +59,9 @@ BUDGET_S = 3.0
 WARMUP_STEPS, MIN_ROUNDS, MAX_ROUNDS = 2, 2, 30
 #: Past this many seconds (slow steps: big models, big batches) the probe takes the fewest steps it can.
 MAX_S = 60.0
+#: A cached probe timed above this load per core (1-minute load average / cores) is timed again once the load
+#: per core has fallen below half of what it was (the candidates' ranking under contention is not the quiet one).
+BUSY_LOAD = 1.5
 #: After the first timed round, candidates this much slower than the best stop being timed.
 DROP_FACTOR = 1.5
 
@@ -204,20 +207,40 @@ def cache_file(key: dict[str, Any]) -> Path:
 
 
 def read_cache(path: Path | None, options: list[Candidate]) -> dict[Candidate, float] | None:
-    """The cached seconds per step of ``options``; None when absent, unreadable or not covering them."""
+    """The cached seconds per step of ``options``; None when absent, unreadable, not covering them, or
+    timed while the machine was busy and it is calmer now (:func:`busy_then_calm_now`)."""
     if path is None:
         return None
     try:
-        stored = json.loads(path.read_text())["seconds_per_step"]
-        return {c: float(stored[c.label]) for c in options}
+        payload = json.loads(path.read_text())
+        stored = payload["seconds_per_step"]
+        timings = {c: float(stored[c.label]) for c in options}
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return None if busy_then_calm_now(payload.get("load")) else timings
+
+
+def load_average() -> float | None:
+    """The 1-minute load average per core (runnable threads per core), or None where the OS has none."""
+    try:
+        return os.getloadavg()[0] / max(os.cpu_count() or 1, 1)
+    except (AttributeError, OSError):
+        return None
+
+
+def busy_then_calm_now(stored_load: Any, now: float | None = None) -> bool:
+    """A probe timed with more than :data:`BUSY_LOAD` runnable threads per core (other jobs competing for the
+    cores) misjudges the candidates; once the load per core is below half of that, it is timed again."""
+    now = load_average() if now is None else now
+    if not isinstance(stored_load, (int, float)) or now is None:
+        return False
+    return stored_load > BUSY_LOAD and now < stored_load / 2
 
 
 def write_cache(path: Path, key: dict[str, Any], timings: dict[Candidate, float]) -> None:
     """Write atomically; a cache that cannot be written only costs a probe next time."""
     payload = {"key": json.loads(json.dumps(key, default=str)), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "seconds_per_step": {c.label: s for c, s in timings.items()}}
+               "load": load_average(), "seconds_per_step": {c.label: s for c, s in timings.items()}}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
