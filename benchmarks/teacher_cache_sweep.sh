@@ -1,18 +1,15 @@
 #!/bin/sh
-# Wall time of the Fashion-MNIST logit-method sweep rows with the live teacher vs the shared teacher cache
-# (issue 18); then KD and DKD with a small K (2 views for 4 epochs). Resumable: finished runs are skipped
-# (delete results/teacher-cache/sweep-*/runs to time again). Writes results/teacher-cache/sweep_wall.txt.
+# Wall time of the Fashion-MNIST logit-method sweep rows (kd, dkd, aekt, dist, ls; seed 0; 15 epochs; the recipe
+# teacher) with the live teacher vs one shared teacher cache (issue 18), one sweep after the other. Run it on a quiet
+# machine. Resumable: finished runs are skipped (delete results/teacher-cache/recipe15/sweep-* to time again; delete
+# the K=15 cache under $ADAKD_CACHE/teacher_outputs to time its build too). Appends to recipe15/sweep_wall.txt.
 set -e
 cd "$(dirname "$0")/.."
-out=results/teacher-cache/sweep_wall.txt
+out=results/teacher-cache/recipe15
+mkdir -p $out
 for mode in live cached; do
   start=$(date +%s.%N)
-  python -m adakd sweep sweeps/fmnist_logit_${mode}.yaml > results/teacher-cache/sweep-${mode}.log 2>&1
+  python -m adakd sweep sweeps/cache15_${mode}.yaml > $out/sweep-${mode}.log 2>&1
   end=$(date +%s.%N)
-  echo "$mode $(echo "$end - $start" | bc) s load $(cut -d' ' -f1-3 /proc/loadavg)" >> $out
-done
-for m in kd dkd; do
-  python -m adakd train configs/fashion_mnist/$m.yaml compare_scratch=false progress=false train.epochs=4 \
-    teacher.recipe=null teacher.checkpoint=/tmp/adakd-issue18/teacher-resnet20-e1.pt teacher.cache=auto teacher.cache_views=2 run_dir=results/teacher-cache/smallk/$m-k2-s0 resume=true \
-    > results/teacher-cache/smallk-$m.log 2>&1
+  echo "$mode $(echo "$end - $start" | bc) s, load after $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%FT%TZ)" >> $out/sweep_wall.txt
 done
