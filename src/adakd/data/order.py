@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
+
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """A well-mixed 63-bit seed for ``(seed, epoch)``."""
@@ -83,8 +85,6 @@ class EpochPosition:
     def _init_position(self, *, batch_size: int, shuffle: bool, drop_last: bool, seed: int, rank: int,
                        world_size: int) -> None:
         """Check and set the batching and sharding settings; start at epoch 0, position 0."""
-        from ..errors import ConfigError
-
         if batch_size <= 0:
             raise ConfigError(f"batch_size={batch_size} must be positive.")
         if world_size < 1 or not 0 <= rank < world_size:

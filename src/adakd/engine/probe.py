@@ -231,10 +231,10 @@ def load_average() -> float | None:
 def busy_then_calm_now(stored_load: Any, now: float | None = None) -> bool:
     """A probe timed with more than :data:`BUSY_LOAD` runnable threads per core (other jobs competing for the
     cores) misjudges the candidates; once the load per core is below half of that, it is timed again."""
-    now = load_average() if now is None else now
-    if not isinstance(stored_load, (int, float)) or now is None:
+    if not isinstance(stored_load, (int, float)) or stored_load <= BUSY_LOAD:
         return False
-    return stored_load > BUSY_LOAD and now < stored_load / 2
+    now = load_average() if now is None else now
+    return now is not None and now < stored_load / 2
 
 
 def write_cache(path: Path, key: dict[str, Any], timings: dict[Candidate, float]) -> None:
