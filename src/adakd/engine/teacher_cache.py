@@ -36,6 +36,7 @@ Design (issue 18)
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -239,8 +240,6 @@ def build_views(path: Path, spec: CacheSpec, teacher: nn.Module, loader: Any, de
     storage = spec.material["storage"]
     n = int(loader.num_rows)
     # one memory format for every builder (the trainer's teacher may be channels_last): same key, same numbers
-    import copy
-
     teacher = copy.deepcopy(teacher).to(memory_format=torch.contiguous_format).eval()
     built = []
     for v in todo:
