@@ -272,6 +272,38 @@ def test_meta_every_k_moves_gamma_only_on_every_kth_step_after_the_warm_start():
         make({"kd": {}}, options={"meta_every": 0})
 
 
+def _one_meta_step(options):
+    s = make({"kd": {}}, options={"warm_start_steps": 0, "meta_weight_decay": 0.0, **options})
+    vb = batch(8, seed=11)
+    s._val_batch = lambda step, size: vb
+    params = [q for m in s.trainable_modules() for q in m.parameters()]
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    b = batch(seed=20)
+    before = s.gamma.detach().clone()
+    s.search_step(b, dctx(b), opt)
+    return s, s.gamma.detach() - before
+
+
+def test_meta_optimizer_sgd_steps_by_lr_times_hypergradient_and_adam_by_lr_whatever_its_scale():
+    """SGD on gamma: delta = -meta_lr * dL_val/dgamma (the hypergradient's scale kept). Adam's first step is
+    -meta_lr * sign(g) (m / sqrt(v) = g / |g| after bias correction), so its size does not follow the signal."""
+    s, delta = _one_meta_step({"meta_optimizer": "SGD", "meta_lr": 0.5})
+    assert isinstance(s.meta_opt, torch.optim.SGD)
+    g = s.last_hypergradient
+    assert g.abs().max() > 0
+    torch.testing.assert_close(delta, -0.5 * g, rtol=1e-6, atol=1e-12)
+    s, delta = _one_meta_step({"meta_lr": 0.5})
+    g = s.last_hypergradient
+    moved = g.abs() > 1e-5  # Adam's eps (1e-8) is negligible beside these
+    assert moved.any()
+    torch.testing.assert_close(delta[moved], -0.5 * torch.sign(g[moved]), rtol=1e-4, atol=1e-6)
+    metrics = s.epoch_metrics()
+    expected = g[:, 1].abs().tolist()
+    assert metrics["abl_hypergradient_abs"] == pytest.approx(expected, rel=1e-3)
+    with pytest.raises(Exception, match="meta_optimizer"):
+        make({"kd": {}}, options={"meta_optimizer": "rmsprop"})
+
+
 def test_aux_head_variants_and_errors():
     x = torch.randn(2, 8, 8, 8)
     sizes = {}

@@ -32,7 +32,9 @@ strategy.options (typed and defaulted in ``ABLOptions``):
   meta_every         one meta step (hypergradient + gamma update) every k search steps after the warm start;
                      the other steps train with the current gamma (paper: k = 1)
   hypergradient      exact | darts | first_order (see abl_meta)
-  meta_lr, meta_betas, meta_weight_decay   Adam on gamma (DARTS's architecture optimiser)
+  meta_optimizer     adam (DARTS's architecture optimiser; the default) | sgd (plain SGD: keeps the
+                     hypergradient's scale, which Adam divides away, so gamma slows as the signal fades)
+  meta_lr, meta_betas, meta_weight_decay   the meta optimiser's settings (betas: Adam only)
   val_loss           ce | ce+kd (L_val: CE of the final logits, optionally + the distillation loss)
   darts_xi           xi = darts_xi / ||v|| for the finite-difference option
   trace_every        record gamma every N search steps in abl_gamma.jsonl
@@ -87,6 +89,7 @@ class ABLOptions(StrictOptions):
     warm_start_steps: int | None = Field(None, ge=0)
     meta_every: int = Field(1, ge=1)
     hypergradient: Annotated[Literal[HYPERGRADIENTS], Choice] = "exact"
+    meta_optimizer: Annotated[Literal["adam", "sgd"], Choice] = "adam"
     meta_lr: float = Field(3e-4, gt=0)
     meta_betas: tuple[float, float] = (0.5, 0.999)
     meta_weight_decay: float = Field(1e-3, ge=0)
@@ -155,10 +158,8 @@ class ABLStrategy(Strategy):
         device = param.device
         self.gamma = nn.Parameter(torch.zeros(self.num_blocks - 1, 2, device=device, dtype=param.dtype))
         self.last_hypergradient: Tensor | None = None  # dL_val/dgamma of the latest meta step
-        betas = tuple(float(b) for b in o["meta_betas"])
         self.meta_opt = ddp.sync_gradients(  # under torchrun the hypergradient is averaged over the ranks
-            torch.optim.Adam([self.gamma], lr=self.meta_lr, betas=betas,  # type: ignore[arg-type]
-                             weight_decay=float(o["meta_weight_decay"])))
+            self._meta_optimizer(o))
         self.fixed: Tensor | None = None  # probabilities when gamma is not (or no longer) searched
         self.source = "search"
         self._set_initial_gammas(o, ctx.seed, device)
@@ -187,6 +188,14 @@ class ABLStrategy(Strategy):
         self._reset_sums(device)
 
     # ------------------------------------------------------------------ set-up
+    def _meta_optimizer(self, o: dict[str, Any]) -> torch.optim.Optimizer:
+        """Adam (DARTS) or plain SGD on gamma; both with L2 weight decay meta_weight_decay."""
+        if o["meta_optimizer"] == "sgd":
+            return torch.optim.SGD([self.gamma], lr=self.meta_lr, weight_decay=float(o["meta_weight_decay"]))
+        betas = tuple(float(b) for b in o["meta_betas"])
+        return torch.optim.Adam([self.gamma], lr=self.meta_lr, betas=betas,  # type: ignore[arg-type]
+                                weight_decay=float(o["meta_weight_decay"]))
+
     def _build_heads(self, ctx: StrategyContext) -> nn.ModuleList:
         if self.student_error == "global":
             return nn.ModuleList()
@@ -353,6 +362,7 @@ class ABLStrategy(Strategy):
             optimizer.zero_grad(set_to_none=True)
         self.last_hypergradient = softmax_backward(probs, d_probs).detach()
         self.gamma.grad = self.last_hypergradient.to(self.gamma.dtype)
+        self._hyper_abs_sum = self._hyper_abs_sum + self.last_hypergradient[:, 1].abs().float()
         self.meta_opt.step()
         self.meta_opt.zero_grad(set_to_none=True)
         new = self.probs()
@@ -433,6 +443,7 @@ class ABLStrategy(Strategy):
         self._prob_n = 0
         self._val_sum = torch.zeros((), device=device)
         self._val_n = 0
+        self._hyper_abs_sum = torch.zeros(self.num_blocks - 1, device=device)  # |dL_val/dgamma_teacher| per block
 
     def _add_probs(self, probs: Tensor) -> None:
         self._prob_sum = self._prob_sum + probs
@@ -462,6 +473,7 @@ class ABLStrategy(Strategy):
             out["abl_gamma_teacher"] = [round(m[1], 6) for m in mean]
         if self._val_n:
             out["abl_val_loss"] = float(self._val_sum.item()) / self._val_n
+            out["abl_hypergradient_abs"] = [float(f"{h:.4g}") for h in (self._hyper_abs_sum / self._val_n).tolist()]
         self._flush_trace()
         self._reset_sums(self._prob_sum.device)
         return out
