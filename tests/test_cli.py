@@ -57,6 +57,20 @@ def test_train_then_eval(tmp_path, fmnist_root, capsys):
     assert result["top1"] == pytest.approx(summary["last_top1"], abs=1e-6)
     assert main(["eval", str(Path(summary["run_dir"]) / "checkpoints" / "student.pt")]) == 0
     assert "top-1" in capsys.readouterr().out
+    assert main(["eval", summary["run_dir"], "--split", "val"]) == 2  # this run held out no validation split
+    assert "no val split" in capsys.readouterr().err
+
+
+def test_eval_on_the_validation_split_the_run_held_out(tmp_path, fmnist_root, capsys):
+    """--split val evaluates on the rows the run held out of its training subset (data.val_fraction)."""
+    cfg = write_cfg(tmp_path, fmnist_root)
+    assert main(["train", str(cfg), "data.val_fraction=0.25", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert main(["eval", summary["run_dir"], "--split", "val", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    # 25% of the 60,000 training images: the split is held out before train_subset draws from the rest
+    assert result["split"] == "val" and result["count"] == 15_000
+    assert 0.0 <= result["top1"] <= 100.0
 
 
 @pytest.mark.parametrize("args, message", [

@@ -55,6 +55,7 @@ def evaluate_checkpoint(target: str | Path, which: str = "final", data_root: str
     data = build_data(data_cfg, dev, seed=data_cfg.seed, log=None)
     loader = data.test if split == "test" else data.val
     if loader is None:
-        raise ConfigError(f"the run has no {split} split.")
+        raise ConfigError(f"the run has no {split} split: it held none out of its training set "
+                          "(data.val_fraction was 0). Evaluate it with --split test, or train with data.val_fraction > 0.")
     result = evaluate(model, loader, dev, "fp32")
     return {"model": meta["model"], "dataset": data_cfg.name, "split": split, "checkpoint": str(path), **result}

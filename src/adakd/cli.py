@@ -1,7 +1,7 @@
 """The ``adakd`` command line: thin wrappers over the Python API.
 
     adakd train CONFIG [key=value ...] [--resume] [--dry-run]
-    adakd eval RUN_DIR_OR_CHECKPOINT [--split test] [--json]
+    adakd eval RUN_DIR_OR_CHECKPOINT [--split test|val] [--json]
     adakd plot RUN_DIR [RUN_DIR ...] [--out DIR] [--analysis]
     adakd export RUN_DIR --format onnx|torchscript|safetensors [--out PATH] [--which final|best|last]
     adakd list models|distillers|strategies|datasets [--json]
@@ -55,8 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="validate the config and print it; train nothing")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    p = sub.add_parser("eval", help="top-1/top-5 of a run directory or checkpoint on the test split")
+    p = sub.add_parser("eval", help="top-1/top-5 of a run directory or checkpoint on the test (or validation) split")
     p.add_argument("target", help="run directory or .pt checkpoint")
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="val: the validation split the run held out of its training set (data.val_fraction); "
+                        "make choices (meta lr, k, ...) on it, not on test")
     p.add_argument("--which", choices=["final", "best", "last"], default="final",
                    help="for a run directory: final student (default), best epoch, or last training state")
     p.add_argument("--data-root", default=None, help="where the dataset lives, if not where the run found it")
@@ -164,7 +167,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .api import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.target, which=args.which, data_root=args.data_root, device=args.device)
+    result = evaluate_checkpoint(args.target, which=args.which, data_root=args.data_root, device=args.device,
+                                 split=args.split)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
