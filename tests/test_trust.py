@@ -174,9 +174,13 @@ def test_resume_with_another_config_is_refused_and_writes_nothing(tmp_path, fini
     assert "only train.epochs" in capsys.readouterr().err
 
 
-def test_resume_with_allowed_more_epochs_continues_and_records_it(tmp_path, finished, capsys):
+@pytest.mark.parametrize("order", ["override first", "override after --allow-changes"])
+def test_resume_with_allowed_more_epochs_continues_and_records_it(tmp_path, finished, capsys, order):
     run, config, _ = copy_run(finished, tmp_path)
-    assert main(["train", str(config), "train.epochs=2", "--resume", "--allow-changes", "train.epochs"]) == 0
+    argv = (["train", str(config), "train.epochs=2", "--resume", "--allow-changes", "train.epochs"]
+            if order == "override first" else  # nargs="+" must not swallow the override as a key
+            ["train", str(config), "--resume", "--allow-changes", "train.epochs", "train.epochs=2"])
+    assert main(argv) == 0, capsys.readouterr().err
     capsys.readouterr()
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert history[-1]["changes"] == {"train.epochs": [1, 2]}

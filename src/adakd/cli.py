@@ -144,7 +144,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .config import dump_config, load_config
     from .tools.report.summary import format_summary
 
-    overrides = list(args.overrides) + (["resume=true"] if args.resume else [])
+    # `--allow-changes KEY train.epochs=20`: argparse's nargs="+" takes the override too; a KEY never holds "="
+    allowed = [k for k in args.allow_changes if "=" not in k]
+    overrides = list(args.overrides) + [k for k in args.allow_changes if "=" in k]
+    overrides += ["resume=true"] if args.resume else []
     cfg = load_config(args.config, overrides)
     if args.dry_run:
         from .api import check_config
@@ -156,9 +159,9 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"strategy {built['strategy']} (phases {', '.join(built['phases'])}): every part built and stepped "
               "once on a random batch, data files found", file=sys.stderr)
         return 0
-    if args.allow_changes and not args.resume:
+    if allowed and not args.resume:
         raise ConfigError("--allow-changes only applies with --resume.")
-    summary = train(cfg, allow_changes=tuple(args.allow_changes))
+    summary = train(cfg, allow_changes=tuple(allowed))
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
