@@ -4,16 +4,15 @@
 
 Evaluates each run's final student on the validation split it held out of its training set (the rows ABL
 searched its gammas on; ``adakd eval RUN --split val``), keeps the result in RUN/val.json (evaluated once), and
-prints a table: the mean +- std over seeds of each row (run name without its ``-sN`` seed suffix).
+prints a table with the rows of ``adakd report`` (its run collection and grouping): mean +- std over seeds of
+the validation and the test top-1.
 """
 import argparse
 import json
-import re
-import statistics
-from collections import defaultdict
 from pathlib import Path
 
 from adakd.api import evaluate_checkpoint
+from adakd.tools.report.table import Stats, collect, format_stats, group, setting_label
 
 
 def val_top1(run: Path) -> float:
@@ -29,20 +28,13 @@ def main() -> None:
     p.add_argument("runs", type=Path)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
-    rows: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
-    for run in sorted(d for d in args.runs.iterdir() if (d / "summary.json").is_file()):
-        name, seed = re.fullmatch(r"(.*)-s(\d+)", run.name).groups()
-        summary = json.loads((run / "summary.json").read_text())
-        rows[name].append((int(seed), val_top1(run), float(summary["last_top1"])))
-
-    def fmt(values: list[float]) -> str:
-        return f"{statistics.mean(values):.2f} +- {statistics.stdev(values):.2f}" if len(values) > 1 \
-            else f"{values[0]:.2f}"
-
-    lines = ["| row | n | validation top-1 (%) | test top-1 (%) | seeds |", "|---|---|---|---|---|"]
-    for name, runs in rows.items():
-        lines.append(f"| {name} | {len(runs)} | {fmt([v for _, v, _ in runs])} | {fmt([t for _, _, t in runs])} "
-                     f"| {', '.join(str(s) for s, _, _ in runs)} |")
+    records, _ = collect(args.runs)
+    lines = ["| method | strategy | setting | n | validation top-1 (%) | test top-1, last (%) | seeds |",
+             "|---|---|---|---|---|---|---|"]
+    for row in group(records):
+        val = Stats.of(val_top1(r.run_dir) for r in row.runs)
+        lines.append(f"| {row.method} | {row.strategy} | {setting_label(row)} | {row.n} | {format_stats(val)} "
+                     f"| {format_stats(row.last)} | {', '.join(str(s) for s in row.seeds)} |")
     text = "\n".join(lines) + "\n"
     print(text, end="")
     if args.out:

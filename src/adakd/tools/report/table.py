@@ -236,7 +236,8 @@ def _order(row: Row) -> tuple:
 
 # ------------------------------------------------------------------ rendering
 
-def _pm(s: Stats) -> str:
+def format_stats(s: Stats) -> str:
+    """``mean ± std`` (2 decimals; the mean alone for one value, ``-`` for none)."""
     if s.n == 0:
         return "-"
     return f"{s.mean:.2f} ± {s.std:.2f}" if s.std is not None else f"{s.mean:.2f}"
@@ -246,7 +247,7 @@ def _gain(g: tuple[float, float] | None) -> str:
     return "" if g is None else f"{g[0]:+.2f} / {g[1]:+.2f}"
 
 
-def _setting(row: Row) -> str:
+def setting_label(row: Row) -> str:
     return ", ".join(f"{k}={v}" for k, v in row.setting)
 
 
@@ -268,8 +269,8 @@ def to_markdown(rows: list[Row], title: str | None = None, unfinished: int = 0) 
     for r in rows:
         cells = [str(r.dataset or "?"), r.teacher or "-", r.student, r.method, r.strategy]
         if with_setting:
-            cells.append(_setting(r))
-        cells += [str(r.n), _pm(r.best), _pm(r.last), _gain(r.gain_scratch), _gain(r.gain_standard),
+            cells.append(setting_label(r))
+        cells += [str(r.n), format_stats(r.best), format_stats(r.last), _gain(r.gain_scratch), _gain(r.gain_standard),
                   f"{r.train_seconds.mean:.0f}" if r.train_seconds.n else "-",
                   f"{r.time_vs_standard:.2f}" if r.time_vs_standard is not None else "",
                   f"{r.published.top1:.2f}" if r.published else "", r.published.source if r.published else ""]
@@ -295,7 +296,7 @@ def to_csv(rows: list[Row]) -> str:
     writer.writerow(CSV_COLUMNS)
     for r in rows:
         writer.writerow([
-            r.dataset or "", r.teacher or "", r.student, r.method, r.strategy, r.strategy_name, _setting(r), r.n,
+            r.dataset or "", r.teacher or "", r.student, r.method, r.strategy, r.strategy_name, setting_label(r), r.n,
             " ".join(str(s) for s in r.seeds), _cell(r.best.mean), _cell(r.best.std), _cell(r.last.mean),
             _cell(r.last.std), _cell(r.teacher_top1.mean if r.teacher_top1.n else None), _cell(r.train_seconds.mean),
             _cell(r.gain_scratch[0] if r.gain_scratch else None), _cell(r.gain_scratch[1] if r.gain_scratch else None),
