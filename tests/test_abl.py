@@ -252,14 +252,19 @@ def test_darts_option_matches_its_finite_difference_definition():
     torch.testing.assert_close(s.last_hypergradient, expected, rtol=1e-7, atol=1e-12)
 
 
-def test_meta_every_k_moves_gamma_only_on_every_kth_step_after_the_warm_start():
-    """meta_every = 3, warm start 2: meta steps at steps 2, 5, 8; every other step trains with gamma as it is
-    (and equals train_step with those probabilities)."""
-    s = make({"kd": {}}, options={"warm_start_steps": 2, "meta_every": 3})
+def _searching(options):
+    """A KD strategy ready for search steps: a fixed validation batch and an SGD optimiser over its modules."""
+    s = make({"kd": {}}, options=options)
     vb = batch(8, seed=11)
     s._val_batch = lambda step, size: vb
     params = [q for m in s.trainable_modules() for q in m.parameters()]
-    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    return s, torch.optim.SGD(params, lr=0.1, momentum=0.9)
+
+
+def test_meta_every_k_moves_gamma_only_on_every_kth_step_after_the_warm_start():
+    """meta_every = 3, warm start 2: meta steps at steps 2, 5, 8; every other step trains with gamma as it is
+    (and equals train_step with those probabilities)."""
+    s, opt = _searching({"warm_start_steps": 2, "meta_every": 3})
     moved = []
     for step in range(9):
         b = batch(seed=20 + step)
@@ -274,11 +279,7 @@ def test_meta_every_k_moves_gamma_only_on_every_kth_step_after_the_warm_start():
 
 
 def _one_meta_step(options):
-    s = make({"kd": {}}, options={"warm_start_steps": 0, "meta_weight_decay": 0.0, **options})
-    vb = batch(8, seed=11)
-    s._val_batch = lambda step, size: vb
-    params = [q for m in s.trainable_modules() for q in m.parameters()]
-    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    s, opt = _searching({"warm_start_steps": 0, "meta_weight_decay": 0.0, **options})
     b = batch(seed=20)
     before = s.gamma.detach().clone()
     s.search_step(b, dctx(b), opt)

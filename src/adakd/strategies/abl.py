@@ -364,7 +364,6 @@ class ABLStrategy(Strategy):
             optimizer.zero_grad(set_to_none=True)
         self.last_hypergradient = softmax_backward(probs, d_probs).detach()
         self.gamma.grad = self.last_hypergradient.to(self.gamma.dtype)
-        self._hyper_abs_sum = self._hyper_abs_sum + self.last_hypergradient[:, 1].abs().float()
         self.meta_opt.step()
         self.meta_opt.zero_grad(set_to_none=True)
         new = self.probs()
@@ -372,7 +371,8 @@ class ABLStrategy(Strategy):
         optimizer.step()
         self._add_probs(new)
         self._val_sum = self._val_sum + val
-        self._val_n += 1
+        self._hyper_abs_sum = self._hyper_abs_sum + self.last_hypergradient[:, 1].abs().float()
+        self._val_n += 1  # meta steps this epoch: the count of both sums
         self._record(ctx.step + 1)
         return out
 
