@@ -2,7 +2,7 @@
 
     python results/sakd-chance/summarize.py results/sakd-chance/runs > results/sakd-chance/routing.md
 
-Per cell (routing x teacher x schedule): n, last-epoch test top-1 (mean +- std over seeds), and the fraction of
+Per cell (routing x teacher x schedule): n, last-epoch test top-1 (mean ± std over seeds), and the fraction of
 training samples distilled at each spot (``route_teacher.<spot>`` of metrics.jsonl), at the first epoch, the middle
 epoch and the last epoch, averaged over seeds. Fractions under 0.99 are what "the policy routes" would look like.
 """
@@ -12,6 +12,8 @@ import json
 import statistics
 import sys
 from pathlib import Path
+
+from adakd.tools.report.table import Stats, format_stats
 
 
 def epochs(run: Path) -> list[dict]:
@@ -50,8 +52,7 @@ def main() -> None:
     print("| routing | teacher | schedule | n | last top-1 | routed fraction, first epoch | middle epoch | last epoch |")
     print("|---|---|---|---|---|---|---|---|")
     for (routing, teacher, schedule), runs in sorted(cells(root).items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
-        last = [float(s["last_top1"]) for s, _ in runs]
-        acc = f"{statistics.mean(last):.2f}" + (f" +- {statistics.stdev(last):.2f}" if len(last) > 1 else "")
+        acc = format_stats(Stats.of(float(s["last_top1"]) for s, _ in runs))
         print(f"| {routing} | {teacher} | {schedule} | {len(runs)} | {acc} | {fmt_routes(runs, 'first')} | "
               f"{fmt_routes(runs, 'middle')} | {fmt_routes(runs, 'last')} |")
 
