@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 from ..errors import DataError
+from ..runtime.atomic import atomic_write
 
 _CHUNK = 1 << 20
 
@@ -48,24 +47,23 @@ def download(url: str, dest: Path, md5: str | None = None, timeout: float = 60.0
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"cannot create {dest.parent} to download into ({exc}). {manual}") from exc
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            shutil.copyfileobj(response, out, _CHUNK)
+
+    def fetch(out: IO[bytes]) -> None:  # copy and hash in one pass; a wrong md5 raises, so nothing is renamed
+        digest = hashlib.md5(usedforsecurity=False)
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            for chunk in iter(lambda: response.read(_CHUNK), b""):
+                digest.update(chunk)
+                out.write(chunk)
         if md5 is not None:
-            actual = md5_file(tmp)
+            actual = digest.hexdigest()
             if actual != md5:
                 raise DataError(f"the download of {url} has md5 {actual}, not the published {md5} "
                                 f"(interrupted or altered). Try again, or: {manual}")
-        os.replace(tmp, dest)
+
+    try:
+        atomic_write(dest, fetch)
     except DataError:
-        tmp.unlink(missing_ok=True)
         raise
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        tmp.unlink(missing_ok=True)
         raise DataError(f"could not download {url}: {exc}. {manual}") from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return dest

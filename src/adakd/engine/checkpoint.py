@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,31 +22,10 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..runtime.atomic import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported: the writers' one helper)
 
 #: Marks our checkpoints; a file without it is "foreign".
 FORMAT = "adakd-checkpoint-v1"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError) and not exc.filename:  # name the file (a failed write() does not)
-            raise OSError(exc.errno, exc.strerror, str(path)) from None
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def _digest_into(h: "hashlib._Hash", key: str, value: Any) -> None:

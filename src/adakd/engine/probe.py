@@ -47,6 +47,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import ConfigError
+from ..runtime.atomic import atomic_write_json
 from ..runtime.device import bf16_supported, device_model
 from ..runtime.seeding import rng_state, set_rng_state
 
@@ -242,10 +243,7 @@ def write_cache(path: Path, key: dict[str, Any], timings: dict[Candidate, float]
     payload = {"key": json.loads(json.dumps(key, default=str)), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
                "load": load_average(), "seconds_per_step": {c.label: s for c, s in timings.items()}}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(payload, indent=2))
-        tmp.replace(path)
+        atomic_write_json(path, payload)
     except OSError:
         pass
 

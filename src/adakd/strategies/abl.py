@@ -56,6 +56,7 @@ from torch import Tensor, nn
 from ..data import Batch
 from ..runtime import distributed as ddp
 from ..runtime.device import at_least_float32, autocast
+from ..runtime.atomic import atomic_write_json
 from ..errors import ConfigError
 from ..losses.base import DistillContext
 from ..options import StrictOptions
@@ -98,12 +99,6 @@ class ABLOptions(StrictOptions):
     val_loss: Annotated[Literal["ce", "ce+kd"], Choice] = "ce"
     darts_xi: float = Field(0.01, gt=0)
     trace_every: int = Field(10, ge=1)
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(data, indent=2))
-    os.replace(partial, path)
 
 
 def read_gammas(value: Any, num: int) -> Tensor:
@@ -486,7 +481,7 @@ class ABLStrategy(Strategy):
                   "source": self.source, "blocks": self.num_blocks, "aux": self.aux,
                   "student_error": self.student_error, **(extra or {})}
         if self.ctx.run_dir is not None:
-            _write_json_atomic(Path(self.ctx.run_dir) / GAMMA_FILE, record)
+            atomic_write_json(Path(self.ctx.run_dir) / GAMMA_FILE, record)
         return record
 
     @torch.no_grad()

@@ -21,7 +21,6 @@ Song, Chen, Ye, Song, "Spot-Adaptive Knowledge Distillation", IEEE TIP 2022.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, ClassVar, Literal
 
@@ -33,6 +32,7 @@ from torch import Tensor, nn
 from ..data import Batch
 from ..runtime import distributed as ddp
 from ..runtime.device import autocast
+from ..runtime.atomic import atomic_write_json
 from ..errors import ConfigError
 from ..losses.base import DistillContext, Distiller
 from ..losses.kd import KD
@@ -308,11 +308,7 @@ class SAKDStrategy(Strategy):
             return out
         record = self.routing_per_class(self.ctx.test_loader)
         if record and self.ctx.run_dir is not None:
-            path = os.path.join(str(self.ctx.run_dir), "sakd_routing.json")
-            partial = path + ".partial"
-            with open(partial, "w") as handle:
-                json.dump(record, handle, indent=1)
-            os.replace(partial, path)
+            atomic_write_json(os.path.join(str(self.ctx.run_dir), "sakd_routing.json"), record, indent=1)
         out["sakd_routing"] = record
         return out
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import json
 import os
 import platform
 import statistics
@@ -57,6 +56,7 @@ from .. import strategies as _strategies  # noqa: F401  (registers the strategie
 from ..config import OptimizerConfig
 from ..data import Batch, DeviceLoader
 from ..runtime.device import cpu_info, resolve_device
+from ..runtime.atomic import atomic_write_json
 from ..engine.components import ComponentSpec, build_components, build_phase_optimizer
 from ..engine.fast import compile_models
 from ..engine.optim import parameters_of
@@ -605,12 +605,7 @@ def _auto(value: Any) -> str:
 
 
 def write_json(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(path)
-    return path
+    return atomic_write_json(path, result)
 
 
 def progress_log(message: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ...runtime.atomic import atomic_savefig
 from .plots import register_plotter, require_matplotlib
 
 GAMMA_TRACE = "abl_gamma.jsonl"  # written by adakd.strategies.abl (imports point downwards only)
@@ -19,10 +20,7 @@ def read_gamma_trace(run_dir: Path) -> list[dict]:
 
 
 def _save(fig, path: Path) -> Path:
-    partial = path.with_name(f".{path.stem}.partial.png")
-    fig.savefig(partial, dpi=120)
-    partial.replace(path)
-    return path
+    return atomic_savefig(fig, path, dpi=120)
 
 
 @register_plotter("abl")

@@ -2,13 +2,13 @@
 and the classes most related to one class (Fig. 4: the k largest |w_ij| of its row)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ...errors import ConfigError
+from ...runtime.atomic import atomic_savefig
 
 
 def top_related_classes(weight: np.ndarray, class_index: int, k: int = 20) -> np.ndarray:
@@ -70,12 +70,7 @@ def plot_class_relations(weight: np.ndarray, class_names: Sequence[str] | None, 
         bars.set_xlabel("w_ij")
         bars.set_title(f"Top {len(top)} classes related to {names[top_k_class]!r} (largest |w_ij|)")
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.partial{path.suffix or '.png'}")
-    fig.savefig(partial, dpi=120)  # written whole, then renamed: never a half-written plot
-    os.replace(partial, path)
-    return path
+    return atomic_savefig(fig, path, dpi=120)  # written whole, then renamed: never a half-written plot
 
 
 # --------------------------------------------------------------------------- `adakd plot RUN_DIR`

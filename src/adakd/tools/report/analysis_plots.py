@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ...errors import AdakdError, ConfigError
 from ...engine.callbacks import Callback
+from ...runtime.atomic import atomic_savefig, atomic_write
 from .curves import read_epochs
 from .plots import register_plotter, require_matplotlib
 
@@ -166,11 +167,7 @@ def compute_logit_correlation(run_dir: str | Path, which: str = "final", data_ro
     for index, z_b in enumerate(blocks, start=1):
         arrays[f"block_{index}"] = correlation_difference(z_b, z_t)
     out = run_dir / ANALYSIS_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / CORRELATION_FILE
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    path = atomic_write(out / CORRELATION_FILE, lambda f: np.savez_compressed(f, **arrays))
     return {"path": str(path), "samples": int(z_s.shape[0]), "mean_final": float(arrays["final"].mean()),
             "mean_blocks": [float(arrays[f"block_{i}"].mean()) for i in range(1, len(blocks) + 1)]}
 
@@ -196,7 +193,7 @@ def plot_logit_correlation(arrays: dict[str, np.ndarray], path: Path, title: str
         ax.set_ylabel("class")
     fig.colorbar(image, ax=list(axes.flat), shrink=0.8, label="|R_teacher - R_student|")
     fig.suptitle(title or "teacher vs student: difference of class-logit correlations")
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -309,7 +306,7 @@ def plot_gradient_magnitudes(records: list[dict[str, Any]], path: Path, layer_na
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title or "mean gradient magnitude per epoch")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ...errors import AdakdError, ConfigError
+from ...runtime.atomic import atomic_savefig
 from .curves import read_epochs
 from .plots import require_matplotlib
 
@@ -99,6 +100,6 @@ def _draw(plt: Any, runs: list[tuple[str, list[dict[str, Any]], str]], panels: l
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path

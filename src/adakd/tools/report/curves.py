@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ...runtime.atomic import atomic_savefig
 from .plots import register_plotter, require_matplotlib
 
 
@@ -43,6 +44,6 @@ def plot_curves(run_dir: Path, out_dir: Path) -> list[Path]:
     fig.suptitle(run_dir.name)
     fig.tight_layout()
     path = out_dir / "curves.png"
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return [path]

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ...runtime.atomic import atomic_savefig
 from .curves import read_epochs
 from .plots import register_plotter, require_matplotlib
 
@@ -71,7 +72,7 @@ def plot_sakd_run(run_dir: Path, out_dir: Path) -> list[Path]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = out_dir / "sakd_routing.png"
-        fig.savefig(path, dpi=110)
+        atomic_savefig(fig, path, dpi=110)
         plt.close(fig)
         written.append(path)
     if record and record.get("per_class"):
@@ -88,7 +89,7 @@ def plot_sakd_run(run_dir: Path, out_dir: Path) -> list[Path]:
         ax.set_ylabel("class")
         fig.tight_layout()
         path = out_dir / "sakd_routing_per_class.png"
-        fig.savefig(path, dpi=110)
+        atomic_savefig(fig, path, dpi=110)
         plt.close(fig)
         written.append(path)
     return written

@@ -1,0 +1,75 @@
+"""The one atomic-write helper (runtime/atomic.py): whole new content or the old one, never a partial file,
+never a temporary file left behind; and every JSON/figure writer of the package goes through it."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from adakd.runtime.atomic import atomic_savefig, atomic_write, atomic_write_json, atomic_write_text
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "adakd"
+
+
+def test_writes_the_content_and_creates_the_folder(tmp_path):
+    path = atomic_write_json(tmp_path / "a" / "b.json", {"top1": 91.25})
+    assert json.loads(path.read_text()) == {"top1": 91.25}
+    assert [p.name for p in path.parent.iterdir()] == ["b.json"]
+
+
+def test_a_failing_writer_leaves_the_old_target_and_no_temporary_file(tmp_path):
+    path = tmp_path / "record.json"
+    atomic_write_text(path, "old")
+
+    def half_then_fail(f):
+        f.write(b"new but cut sh")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError, match="killed mid-write"):
+        atomic_write(path, half_then_fail)
+    assert path.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]
+
+
+def test_a_failing_first_write_leaves_no_target(tmp_path):
+    with pytest.raises(TypeError):
+        atomic_write_json(tmp_path / "x.json", {"not json": object()})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_os_error_names_the_target(tmp_path):
+    def no_space(f):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError) as err:
+        atomic_write(tmp_path / "full.json", no_space)
+    assert err.value.filename == str(tmp_path / "full.json") and list(tmp_path.iterdir()) == []
+
+
+def test_figure_is_written_whole_in_the_format_of_its_suffix(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    png = atomic_savefig(fig, tmp_path / "curves.png", dpi=50)
+    svg = atomic_savefig(fig, tmp_path / "curves.svg")
+    plt.close(fig)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and svg.read_text().lstrip().startswith("<?xml")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "curves.svg"]
+
+
+def test_every_writer_uses_the_helper():
+    """No module renames a temporary file itself or saves a figure straight to its target (the helper
+    is the only ``os.replace``; checkpoint.py's hard-link of last.pt to last.prev.pt aside)."""
+    own = []
+    for path in sorted(SRC.rglob("*.py")):
+        if path == SRC / "runtime" / "atomic.py":
+            continue
+        text = path.read_text()
+        for pattern in (r"os\.replace\(", r"\.replace\(path\)", r"\.rename\(", r"\.savefig\("):
+            own += [f"{path.relative_to(SRC)}: {pattern}" for _ in re.finditer(pattern, text)]
+    assert own == ["engine/checkpoint.py: os\\.replace\\(", "tools/export.py: os\\.replace\\("], own
