@@ -1,7 +1,7 @@
 """Input-pipeline throughput: the device-resident loader, and the stream pipeline's JPEG decode + augment.
 
     python benchmarks/data_pipeline.py device --root ../shared/data --batch-size 128 --epochs 2
-    python benchmarks/data_pipeline.py stream --images 200 --workers 0 1 2 --json results/stream/bench.json
+    python benchmarks/data_pipeline.py stream --images 200 --workers 0 1 2 --json studies/stream/bench.json
 
 ``device``: images/s of the DeviceLoader on Fashion-MNIST (gather + crop + flip + normalise per batch),
 one line per setting (augmentation on/off, channels_last on/off).

@@ -275,7 +275,7 @@ def test_meta_every_k_moves_gamma_only_on_every_kth_step_after_the_warm_start():
     assert moved == [False, False, True, False, False, True, False, False, True]
     with pytest.raises(Exception, match="meta_every"):
         make({"kd": {}}, options={"meta_every": 0})
-    assert make({"kd": {}}).meta_every == 4  # the default chosen on the validation split (results/abl-depth)
+    assert make({"kd": {}}).meta_every == 4  # the default chosen on the validation split (studies/abl-depth)
 
 
 def _one_meta_step(options):

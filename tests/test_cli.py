@@ -107,11 +107,12 @@ def test_malformed_yaml_subprocess_exit_code(tmp_path):
 
 
 def test_every_shipped_config_validates(capsys, fmnist_root):
-    """Every config's names and typed options check; one config of each kind whose data is here (Fashion-MNIST:
+    """Every config's (configs/ and the studies' own) names and typed options check; one config of each kind whose data is here (Fashion-MNIST:
     standard, ABL, SAKD, a pre-training distiller, CRD, AEKT) passes the whole dry run (data found, every part
     built and stepped; tests/test_dry_run.py covers the dry run itself). The others' data cannot be had here."""
     # base*.yaml files are partial recipes that others inherit (`base:`), not runnable on their own
-    configs = sorted(p for p in (REPO / "configs").rglob("*.yaml") if not p.name.startswith("base"))
+    configs = sorted(p for p in [*(REPO / "configs").rglob("*.yaml"), *(REPO / "studies").glob("*/configs/*.yaml")]
+                     if not p.name.startswith("base"))
     assert configs, "no configs shipped"
     from adakd.config import load_config
     from adakd.engine.components import check_names_and_options

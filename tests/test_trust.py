@@ -287,14 +287,13 @@ def test_small_messages():
         validate({"data": {"name": "fashion_mnist"}, "student": {"name": "resnet8"}, "train": {"epochs": True}})
 
 
-def test_report_of_the_results_folder_reproduces_the_committed_table(tmp_path):
+def test_report_of_the_study_folder_reproduces_the_committed_table(tmp_path):
+    """The README's form (a study folder: its runs.jsonl.gz); tests/test_studies.py checks every study's tables."""
     from adakd.tools.report.table import build_report
 
-    folder = REPO / "results" / "fmnist-methods"
-    committed = (folder / "results.md").read_text()
-    for target in (folder, REPO / "sweeps" / "fmnist_methods.yaml"):  # the README's form and the sweep's
-        _, files = build_report(target, tmp_path)
-        assert files[0].read_text() == committed, target
+    folder = REPO / "studies" / "fmnist-methods"
+    _, files = build_report(folder, tmp_path)
+    assert files[0].read_text() == (folder / "results.md").read_text()
 
 
 def test_plot_of_several_runs_writes_beside_them_not_into_the_cwd(tmp_path, finished, monkeypatch):

@@ -7,7 +7,8 @@
     adakd list models|distillers|strategies|datasets [--json]
     adakd sweep SWEEP.yaml [--parallel N] [--dry-run]
     adakd cache build CONFIG [key=value ...]  |  adakd cache info PATH [--json]
-    adakd report SWEEP.yaml|RUNS_DIR [--out DIR]
+    adakd report SWEEP.yaml|RUNS_DIR|STUDY_DIR [--out DIR]
+    adakd record SWEEP.yaml|RUNS_DIR [-o studies/NAME/runs.jsonl]
     adakd bench [--suite adaptive] [--batch-size 64 128] [--compile] [--json] [--out FILE]
 
 User errors print one message and exit with code 2 (``--debug`` shows the traceback).
@@ -44,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="a plugin to import first (dotted module or .py file) that registers your own models, "
                              "losses, strategies or datasets; repeatable (configs can also say imports: [...])")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                help="train, eval, plot, export, bench, list, sweep, report, cache (adakd COMMAND -h)")
+                                help="train, eval, plot, export, bench, list, sweep, report, record, cache (adakd COMMAND -h)")
 
     p = sub.add_parser("train", help="train a teacher or distil a student from a config")
     p.add_argument("config", help="YAML config (e.g. configs/fashion_mnist/kd.yaml)")
@@ -119,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("sweep", help="run a grid of configs x seeds (resumable), one after another or N at a time")
-    p.add_argument("sweep", help="sweep file (e.g. sweeps/fmnist_methods.yaml)")
+    p.add_argument("sweep", help="sweep file (e.g. studies/fmnist-methods/sweep.yaml)")
     p.add_argument("--parallel", type=int, default=1, help="runs at a time (subprocesses; default 1)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state; train nothing")
 
@@ -134,8 +135,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
 
     p = sub.add_parser("report", help="results table (mean +- std over seeds, gains, published numbers) of runs")
-    p.add_argument("target", help="sweep file, or a folder holding run directories")
+    p.add_argument("target", help="sweep file, a folder holding run directories, or a study folder (its runs.jsonl)")
     p.add_argument("--out", default=None, help="where results.md / results.csv go (default: beside the runs)")
+
+    p = sub.add_parser("record", help="a study's compact record: every run directory as one JSON line (config, "
+                       "labels, summary, metrics), from which `adakd report STUDY_DIR` rebuilds the tables")
+    p.add_argument("target", help="sweep file (its output_dir) or a folder holding run directories")
+    p.add_argument("-o", "--out", default=None,
+                   help="the record (.jsonl, or .jsonl.gz for gzip; default: runs.jsonl in the study folder)")
     return parser
 
 
@@ -300,8 +307,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_record(args: argparse.Namespace) -> int:
+    from .tools.report.record import default_record_path, write_record
+    from .tools.report.table import runs_root
+
+    root = runs_root(args.target)
+    path, count = write_record(root, Path(args.out) if args.out else default_record_path(args.target, root))
+    print(f"{count} runs of {root} -> {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "export": cmd_export, "list": cmd_list,
-            "bench": cmd_bench, "sweep": cmd_sweep, "report": cmd_report, "cache": cmd_cache}
+            "bench": cmd_bench, "sweep": cmd_sweep, "report": cmd_report, "record": cmd_record, "cache": cmd_cache}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,7 +31,7 @@ strategy.options (typed and defaulted in ``ABLOptions``):
                      paper: 40,000 iterations on CIFAR-100); warm_start_steps overrides it
   meta_every         one meta step (hypergradient + gamma update) every k search steps after the warm start;
                      the other steps train with the current gamma. Default 4: on ResNet-56 -> ResNet-20
-                     (results/abl-depth) k = 4 with a 5-epoch search matched k = 1 with a 10-epoch search on
+                     (studies/abl-depth) k = 4 with a 5-epoch search matched k = 1 with a 10-epoch search on
                      the validation split (90.48 +- 0.25 vs 90.27 +- 0.44, 3 seeds) at less cost. Paper: k = 1
   hypergradient      exact | darts | first_order (see abl_meta)
   meta_optimizer     adam (DARTS's architecture optimiser; the default) | sgd (plain SGD: keeps the

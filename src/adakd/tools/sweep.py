@@ -1,6 +1,6 @@
 """Sweeps: a grid of configs x seeds, expanded into runs, run one after another or N at a time.
 
-    adakd sweep sweeps/fmnist_methods.yaml [--parallel N] [--dry-run]
+    adakd sweep studies/fmnist-methods/sweep.yaml [--parallel N] [--dry-run]
 
 ``--parallel N`` runs N at once with cores / N threads each: worth it on many cores or one GPU per
 run; on 2 CPU cores two 1-thread ResNet-8 runs took 72 s per run against 54 s one at a time.
@@ -8,14 +8,14 @@ run; on 2 CPU cores two 1-thread ResNet-8 runs took 72 s per run against 54 s on
 A sweep file::
 
     name: fmnist-methods
-    base: ../configs/fashion_mnist/student.yaml    # the config every run starts from
-    output_dir: ../results/fmnist-methods/runs     # one run directory per run inside
+    base: ../../configs/fashion_mnist/student.yaml # the config every run starts from
+    output_dir: runs                               # one run directory per run inside (git-ignored)
     seeds: [0, 1]
     overrides: ["train.epochs=15"]                 # dotted overrides applied to every run (last)
     grid:                                          # cartesian product of the axes, in this order
       method:                                      # axis -> {value label: config fragment}
         scratch: {}
-        kd: {base: ../configs/fashion_mnist/kd.yaml, compare_scratch: false}
+        kd: {base: ../../configs/fashion_mnist/kd.yaml, compare_scratch: false}
       strategy:
         standard: {}
     exclude: [{method: kd, strategy: standard}]    # optional: label combinations to leave out
@@ -185,7 +185,7 @@ def load_sweep(path: str | os.PathLike[str]) -> Sweep:
     """Read a sweep file and expand it into its runs (each config merged and validated)."""
     path = Path(path).expanduser().resolve()
     if not path.is_file():
-        raise ConfigError(f"sweep file not found: {path}. Sweep files live in sweeps/.")
+        raise ConfigError(f"sweep file not found: {path}. A study's sweep file is studies/<name>/sweep.yaml.")
     try:
         spec = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

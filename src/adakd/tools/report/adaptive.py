@@ -11,14 +11,9 @@ Each cell is mean ± sample std over the row's seeds (as the main table).
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from .table import Row, Stats, _read_json
-
-
-def _summary(run_dir: Path) -> dict[str, Any]:
-    return _read_json(run_dir / "summary.json")
+from .table import Row, Stats
 
 
 def _columns(vectors: Sequence[Sequence[float]]) -> list[Stats]:
@@ -38,7 +33,7 @@ def _label(row: Row) -> str:
 def abl_lines(rows: Sequence[Row]) -> list[str]:
     lines = []
     for row in rows:
-        summaries = [_summary(r.run_dir) for r in row.runs]
+        summaries = [r.stored.summary for r in row.runs]
         gammas = [[g[1] for g in s["abl_gammas"]] for s in summaries if s.get("abl_gammas")]
         heads = [s["abl_head_top1"] for s in summaries if s.get("abl_head_top1")]
         if not gammas:
@@ -60,7 +55,7 @@ def abl_lines(rows: Sequence[Row]) -> list[str]:
 def sakd_lines(rows: Sequence[Row]) -> list[str]:
     lines = []
     for row in rows:
-        summaries = [_summary(r.run_dir) for r in row.runs]
+        summaries = [r.stored.summary for r in row.runs]
         routed = [s["sakd_routing"]["overall"] for s in summaries
                   if isinstance(s.get("sakd_routing"), dict) and s["sakd_routing"].get("overall")]
         if not routed:

@@ -1,9 +1,10 @@
 """The results table of a sweep (or any folder of runs): seeds grouped, mean +- std, gains, published numbers.
 
-    adakd report sweeps/fmnist_methods.yaml          # the sweep's output_dir
-    adakd report results/fmnist-methods/runs --out results/fmnist-methods
+    adakd report studies/fmnist-methods/sweep.yaml   # the sweep's output_dir (raw run directories)
+    adakd report studies/fmnist-methods/runs --out studies/fmnist-methods
+    adakd report studies/fmnist-methods              # the study's compact record (runs.jsonl, record.py)
 
-Every run directory with a ``summary.json`` below the target counts. A run is identified by its
+Every run with a ``summary.json`` below the target (or in its record) counts. A run is identified by its
 dataset, teacher, student, method and strategy (and the other labels of its sweep): the method is
 the sweep's ``method`` label when there is one, else the run's loss names joined by ``_``
 (``scratch`` for a run without teacher); the strategy the ``strategy`` label, else the strategy's
@@ -19,17 +20,16 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
-
 from ...errors import ConfigError
+from ...runtime.atomic import atomic_write_text
 from .published import Published, lookup
+from .record import StoredRun, is_record, load_runs, record_in
 
 SCRATCH = "scratch"
 STANDARD = "standard"
@@ -37,9 +37,9 @@ STANDARD = "standard"
 
 @dataclass
 class RunRecord:
-    """What the table needs from one run directory."""
+    """What the table needs from one run (its directory, or its line of a study's record)."""
 
-    run_dir: Path
+    run_dir: Path  # where it lives (or lived, for a run known from a record)
     dataset: str | None
     teacher: str | None
     student: str
@@ -52,6 +52,7 @@ class RunRecord:
     last_top1: float
     train_seconds: float
     teacher_top1: float | None
+    stored: StoredRun  # what the run left: config, sweep labels, summary, metrics, added files
 
 
 @dataclass
@@ -104,34 +105,16 @@ def _num(value: Any) -> float:
         return math.nan
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _read_config(run_dir: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load((run_dir / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def method_of(losses: Iterable[str], teacher: str | None) -> str:
     names = sorted(losses)
     return "_".join(names) if names and teacher else SCRATCH
 
 
-def read_run(run_dir: Path) -> RunRecord | None:
-    """The record of a finished run (None when ``summary.json`` is missing or unreadable)."""
-    summary = _read_json(run_dir / "summary.json")
+def read_run(run: StoredRun, run_dir: Path) -> RunRecord | None:
+    """The record of a finished run (None when its ``summary.json`` is missing or unreadable)."""
+    summary, config, meta = run.summary, run.config, run.sweep
     if not summary or "best_top1" not in summary:
         return None
-    config = _read_config(run_dir)
-    meta = _read_json(run_dir / "sweep.json")
     labels: dict[str, str] = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
     teacher = summary.get("teacher")
     if teacher is None and isinstance(config.get("teacher"), dict):
@@ -149,27 +132,35 @@ def read_run(run_dir: Path) -> RunRecord | None:
                      strategy=strategy, strategy_name=strategy_name, setting=tuple(sorted(labels.items())),
                      seed=seed, best_top1=_num(summary.get("best_top1")), last_top1=_num(summary.get("last_top1")),
                      train_seconds=_num(summary.get("train_seconds")),
-                     teacher_top1=None if summary.get("teacher_top1") is None else _num(summary.get("teacher_top1")))
+                     teacher_top1=None if summary.get("teacher_top1") is None else _num(summary.get("teacher_top1")),
+                     stored=run)
 
 
 def runs_root(target: str | os.PathLike[str]) -> Path:
-    """The folder holding the runs: a sweep file's ``output_dir``, or ``target`` itself."""
+    """Where the runs are: a sweep file's ``output_dir``, or ``target`` itself (a folder of run directories, a
+    study folder holding a record, or a record file)."""
     path = Path(target).expanduser()
-    if path.is_file():
+    if path.is_file() and not is_record(path):
         from ..sweep import load_sweep
 
         return load_sweep(path).output_dir
     if not path.is_dir():
-        raise ConfigError(f"{path} is neither a sweep file nor a folder of runs.")
+        raise ConfigError(f"{path} is neither a sweep file, a record nor a folder of runs.")
     return path
 
 
+def study_folder(root: Path) -> Path:
+    """The folder a report of ``root`` is about: a record's folder, else ``root``."""
+    return root.parent if root.is_file() else root
+
+
 def collect(root: Path) -> tuple[list[RunRecord], list[Path]]:
-    """Finished runs below ``root`` and the run directories without a summary (unfinished)."""
-    run_dirs = {p.parent for name in ("summary.json", "config.yaml", "sweep.json") for p in root.rglob(name)}
+    """Finished runs below ``root`` (or in its record) and the runs without a summary (unfinished)."""
+    base = study_folder(root) / "runs" if root.is_file() or record_in(root) else root  # where the run dirs were
     records, unfinished = [], []
-    for run_dir in sorted(run_dirs):
-        record = read_run(run_dir)
+    for run in load_runs(root):
+        run_dir = base / run.name
+        record = read_run(run, run_dir)
         if record is None:
             unfinished.append(run_dir)
         else:
@@ -317,18 +308,17 @@ def build_report(target: str | os.PathLike[str], out: str | os.PathLike[str] | N
         raise ConfigError(f"no finished run (summary.json) under {root}: run the sweep first "
                           f"(adakd sweep SWEEP.yaml), or point at the folder holding the run directories.")
     rows = group(records)
-    if Path(target).is_file():  # the sweep's name, as its output folder is usually named: one title either way
+    from_sweep = Path(target).is_file() and not is_record(Path(target))
+    if from_sweep:  # the sweep's name, as its study folder is usually named: one title either way
         from ..sweep import load_sweep
 
         title = load_sweep(target).name
     else:
-        title = root.name
+        title = study_folder(root).name
     from .adaptive import adaptive_sections  # it builds on this module's rows
 
     markdown = to_markdown(rows, title=f"Results: {title}", unfinished=len(unfinished)) + adaptive_sections(rows)
-    out_dir = Path(out) if out else (root.parent if Path(target).is_file() else root)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = [out_dir / "results.md", out_dir / "results.csv"]
-    files[0].write_text(markdown)
-    files[1].write_text(to_csv(rows))
+    out_dir = Path(out) if out else (root.parent if from_sweep else study_folder(root))
+    files = [atomic_write_text(out_dir / "results.md", markdown),
+             atomic_write_text(out_dir / "results.csv", to_csv(rows))]
     return markdown, files
