@@ -4,7 +4,7 @@
 # machine. Resumable: finished runs are skipped (delete studies/teacher-cache/runs/recipe15/sweep-* to time again; delete
 # the K=15 cache under $ADAKD_CACHE/teacher_outputs to time its build too). Appends to recipe15/sweep_wall.txt.
 set -e
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 out=studies/teacher-cache/recipe15
 mkdir -p $out
 for mode in live cached; do
