@@ -2,7 +2,7 @@
 
     adakd report studies/fmnist-methods/sweep.yaml   # the sweep's output_dir (raw run directories)
     adakd report studies/fmnist-methods/runs --out studies/fmnist-methods
-    adakd report studies/fmnist-methods              # the study's compact record (runs.jsonl, record.py)
+    adakd report studies/fmnist-methods              # the study's compact record (runs.jsonl.gz, record.py)
 
 Every run with a ``summary.json`` below the target (or in its record) counts. A run is identified by its
 dataset, teacher, student, method and strategy (and the other labels of its sweep): the method is
