@@ -57,6 +57,7 @@ import yaml
 
 from ..config import RunConfig, apply_overrides, deep_merge, load_raw, validate
 from ..errors import ConfigError
+from ..runtime.atomic import atomic_write_text
 
 SWEEP_KEYS = ("name", "base", "output_dir", "seeds", "overrides", "grid", "exclude", "teacher_cache")
 RUN_META = "sweep.json"
@@ -235,11 +236,10 @@ class RunOutcome:
 
 def prepare(run: SweepRun, sweep_name: str) -> Path:
     """Write the run's config (with resume=true) and its sweep labels into its directory; return the config."""
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run.run_dir / RUN_CONFIG
-    config_path.write_text(yaml.safe_dump(dict(run.config, resume=True), sort_keys=False))
+    config_path = atomic_write_text(run.run_dir / RUN_CONFIG, yaml.safe_dump(dict(run.config, resume=True),
+                                                                             sort_keys=False))
     meta = {"sweep": sweep_name, "run": run.name, "labels": run.labels, "seed": run.seed}
-    (run.run_dir / RUN_META).write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(run.run_dir / RUN_META, json.dumps(meta, indent=2) + "\n")
     return config_path
 
 

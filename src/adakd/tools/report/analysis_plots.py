@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ...errors import AdakdError, ConfigError
 from ...engine.callbacks import Callback
-from ...runtime.atomic import atomic_savefig, atomic_write
+from ...runtime.atomic import atomic_savefig, atomic_write, atomic_write_text
 from .curves import read_epochs
 from .plots import register_plotter, require_matplotlib
 
@@ -274,9 +274,7 @@ class GradientMagnitudeCallback(Callback):
     def on_setup(self, trainer: "Trainer") -> None:
         self.recorder = GradientMagnitudeRecorder(trainer.student)
         if trainer.dist.is_main:
-            folder = trainer.run_dir.path / ANALYSIS_DIR
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "grad_layers.json").write_text(json.dumps(
+            atomic_write_text(trainer.run_dir.path / ANALYSIS_DIR / "grad_layers.json", json.dumps(
                 {"grad_first_layer": self.recorder.first_name, "grad_last_layer": self.recorder.last_name}) + "\n")
 
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
