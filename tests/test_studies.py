@@ -96,7 +96,8 @@ def test_record_of_run_directories_gives_the_same_report(tmp_path, capsys, out_n
     assert len(picked) == 7  # 3 + 3 seeds, and the unfinished 30-epoch search
     study = tmp_path / "study"
     materialize(picked, study / "runs")
-    assert main(["record", str(study / "runs"), "-o", str(study / out_name)]) == 0
+    out = ["-o", str(study / out_name)] if out_name == "runs.jsonl" else []  # default: runs.jsonl.gz beside runs/
+    assert main(["record", str(study / "runs"), *out]) == 0
     assert f"7 runs of {study / 'runs'} -> {study / out_name}" in capsys.readouterr().out
     again = load_runs(study)
     assert [(r.name, r.config, r.sweep, r.summary, r.metrics) for r in again] == \

@@ -8,7 +8,7 @@
     adakd sweep SWEEP.yaml [--parallel N] [--dry-run]
     adakd cache build CONFIG [key=value ...]  |  adakd cache info PATH [--json]
     adakd report SWEEP.yaml|RUNS_DIR|STUDY_DIR [--out DIR]
-    adakd record SWEEP.yaml|RUNS_DIR [-o studies/NAME/runs.jsonl]
+    adakd record SWEEP.yaml|RUNS_DIR [-o studies/NAME/runs.jsonl.gz]
     adakd bench [--suite adaptive] [--batch-size 64 128] [--compile] [--json] [--out FILE]
 
 User errors print one message and exit with code 2 (``--debug`` shows the traceback).
@@ -135,14 +135,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
 
     p = sub.add_parser("report", help="results table (mean +- std over seeds, gains, published numbers) of runs")
-    p.add_argument("target", help="sweep file, a folder holding run directories, or a study folder (its runs.jsonl)")
+    p.add_argument("target", help="sweep file, a folder holding run directories, or a study folder (its runs.jsonl.gz)")
     p.add_argument("--out", default=None, help="where results.md / results.csv go (default: beside the runs)")
 
     p = sub.add_parser("record", help="a study's compact record: every run directory as one JSON line (config, "
                        "labels, summary, metrics), from which `adakd report STUDY_DIR` rebuilds the tables")
     p.add_argument("target", help="sweep file (its output_dir) or a folder holding run directories")
     p.add_argument("-o", "--out", default=None,
-                   help="the record (.jsonl, or .jsonl.gz for gzip; default: runs.jsonl in the study folder)")
+                   help="the record (.jsonl.gz, or .jsonl for plain text; default: runs.jsonl.gz in the study folder)")
     return parser
 
 

@@ -1,8 +1,8 @@
 """A study's compact record: every run of a folder of run directories as one JSON line, enough to rebuild its tables.
 
-    adakd record studies/abl-depth/sweep.yaml          # the sweep's runs -> studies/abl-depth/runs.jsonl
-    adakd record RUNS_DIR -o studies/NAME/runs.jsonl   # any folder of run directories (.gz: gzip)
-    adakd report studies/abl-depth                     # the tables again, from the record
+    adakd record studies/abl-depth/sweep.yaml             # the sweep's runs -> studies/abl-depth/runs.jsonl.gz
+    adakd record RUNS_DIR -o studies/NAME/runs.jsonl.gz   # any folder of run directories (.jsonl: plain text)
+    adakd report studies/abl-depth                        # the tables again, from the record
 
 One line per run directory below the root (a folder holding ``summary.json``, ``config.yaml`` or
 ``sweep.json``), sorted by path, with
@@ -31,7 +31,7 @@ from ...errors import ConfigError
 from ...runtime.atomic import atomic_write_bytes
 
 #: The record's file names in a study folder, as ``adakd report STUDY`` looks for them.
-RECORD_NAMES = ("runs.jsonl", "runs.jsonl.gz")
+RECORD_NAMES = ("runs.jsonl.gz", "runs.jsonl")
 #: JSON files that study scripts add to a run directory after training, kept in the record.
 ADDED_FILES = ("val.json",)
 #: The files that make a folder a run directory.
@@ -117,7 +117,7 @@ def run_dirs(root: Path) -> list[Path]:
 # ------------------------------------------------------------------ records
 
 def record_in(folder: Path) -> Path | None:
-    """The record of a study folder (``runs.jsonl`` or ``runs.jsonl.gz``), if it has one."""
+    """The record of a study folder (``runs.jsonl.gz`` or ``runs.jsonl``), if it has one."""
     return next((folder / n for n in RECORD_NAMES if (folder / n).is_file()), None)
 
 
@@ -157,7 +157,7 @@ def write_record(root: Path, out: Path) -> tuple[Path, int]:
 
 
 def default_record_path(target: str | os.PathLike[str], root: Path) -> Path:
-    """``runs.jsonl`` in the study folder: beside the sweep file, or the parent of a ``runs`` folder."""
+    """``runs.jsonl.gz`` in the study folder: beside the sweep file, or the parent of a ``runs`` folder."""
     path = Path(target)
     if path.is_file():
         return path.parent / RECORD_NAMES[0]
