@@ -166,8 +166,7 @@ def compute_logit_correlation(run_dir: str | Path, which: str = "final", data_ro
     arrays = {"final": correlation_difference(z_s, z_t)}
     for index, z_b in enumerate(blocks, start=1):
         arrays[f"block_{index}"] = correlation_difference(z_b, z_t)
-    out = run_dir / ANALYSIS_DIR
-    path = atomic_write(out / CORRELATION_FILE, lambda f: np.savez_compressed(f, **arrays))
+    path = atomic_write(run_dir / ANALYSIS_DIR / CORRELATION_FILE, lambda f: np.savez_compressed(f, **arrays))
     return {"path": str(path), "samples": int(z_s.shape[0]), "mean_final": float(arrays["final"].mean()),
             "mean_blocks": [float(arrays[f"block_{i}"].mean()) for i in range(1, len(blocks) + 1)]}
 
