@@ -14,7 +14,7 @@ A call counts where it is made: the innermost frame outside torch's dispatch glu
 torch itself (an optimizer's step counter, a module's forward) are torch's business and not recorded.
 The test fails on any finding not on :data:`ALLOWED` (each entry says where and why it is safe), and on any
 entry of ALLOWED that no step uses any more (the list stays short and true). With ``--device cuda`` the
-same steps run on the GPU (``scripts/gpu_check.sh``), where a stray host factory is a real crash.
+same steps run on the GPU (``scripts/gpu_check.py``), where a stray host factory is a real crash.
 
 Not visible to the mode (so not checked here): ``.to("cpu")`` (on this CPU indistinguishable from the
 step's own ``.to(device)``), syncs inside torch's C++ (e.g. ``index_select`` bounds), and the trainer
