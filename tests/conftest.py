@@ -39,6 +39,16 @@ def pytest_addoption(parser):
         help="what `precision: auto` resolves to in the tests (sets ADAKD_PRECISION): fp32 (default, the same "
              "numerics on every CPU), bf16 (bf16 autocast everywhere, AMX or not), probe (the fast-path probe "
              "decides, as for a user). Also from $ADAKD_TEST_PRECISION. Tests that name a precision keep it.")
+    parser.addoption(
+        "--device", default=os.environ.get("ADAKD_TEST_DEVICE", "cpu"),
+        help="the device of the tests that follow it (the `test_device` fixture, $ADAKD_TEST_DEVICE: "
+             "test_gpu_readiness.py, test_losses_learn.py): cpu (default) or cuda (scripts/gpu_check.py). "
+             "Also from $ADAKD_TEST_DEVICE. Tests that name a device keep it.")
+
+
+def pytest_configure(config):
+    """``--device`` also as $ADAKD_TEST_DEVICE, for modules that choose their device at import."""
+    os.environ["ADAKD_TEST_DEVICE"] = config.getoption("--device")
 
 
 @pytest.fixture(autouse=True)
@@ -54,6 +64,17 @@ def _private_cache(tmp_path_factory, monkeypatch, request):
     else:
         monkeypatch.setenv("ADAKD_PRECISION", precision)
     monkeypatch.delenv("ADAKD_CHANNELS_LAST", raising=False)
+
+
+@pytest.fixture(scope="session")
+def test_device(request):
+    """``--device`` as a torch.device; a device this machine lacks fails the session with the fix."""
+    import torch
+
+    device = torch.device(request.config.getoption("--device"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        pytest.fail("--device cuda, but torch sees no CUDA device here: run on a GPU machine or drop --device.")
+    return device
 
 
 @pytest.fixture(scope="module")

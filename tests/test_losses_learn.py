@@ -13,6 +13,7 @@ Every distiller runs twice, in fp32 and under bf16 autocast, named explicitly (n
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -33,7 +34,7 @@ TEACHER_STEPS = 300
 STEPS = 100
 PRETRAIN_STEPS = 30
 WINDOW = 20
-DEVICE = torch.device("cpu")
+DEVICE = torch.device(os.environ.get("ADAKD_TEST_DEVICE", "cpu"))  # pytest --device
 NOT_TERMS = {"ce", "loss", "correct", "pretrain"}
 
 #: Options per distiller for this tiny regime (reference weights; warm-ups off; fewer CRD negatives).

@@ -33,7 +33,10 @@ from .transforms import PadCropFlip, Recipe, sample_generator, sample_seed
 
 
 class _Decoded(Dataset):
-    """Sample ``(row, epoch)`` -> (uint8 [C, H, W] tensor, label, row, None) or (None, label, row, error)."""
+    """Sample ``(row, epoch)`` -> (uint8 [C, H, W] array, label, row, None) or (None, label, row, error).
+
+    The array may be a read-only view (of a memory-mapped or ``frombuffer`` dataset, of a Pillow image):
+    it is never handed to PyTorch itself; :func:`_collate` copies the samples into a fresh batch array."""
 
     def __init__(self, samples: Samples, recipe: Recipe, seed: int, views: int | None = None) -> None:
         self.samples, self.recipe, self.seed, self.views = samples, recipe, seed, views
@@ -41,7 +44,7 @@ class _Decoded(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor | None, int, int, str | None]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray | None, int, int, str | None]:
         row, epoch = key
         label = int(self.samples.labels[row])
         view = epoch if self.views is None else epoch % self.views  # the augmentation epoch (replay_views)
@@ -54,14 +57,19 @@ class _Decoded(Dataset):
                 array = self.recipe(self.samples, row, gen)
         except DataError as exc:
             return None, label, row, str(exc)
-        return torch.from_numpy(np.ascontiguousarray(array)), label, row, None
+        return array, label, row, None
 
 
-def _collate(items: list[tuple[Tensor | None, int, int, str | None]]) -> tuple[Any, ...]:
+def _collate(items: list[tuple[np.ndarray | None, int, int, str | None]]) -> tuple[Any, ...]:
+    """The batch ``(x uint8 [B, C, H, W], labels, rows)``, or ``("error", messages)``.
+
+    ``np.stack`` copies each sample (a view, maybe read-only or strided) once into a new, writable,
+    contiguous array that PyTorch then owns: the one copy ``torch.stack`` made before, and no
+    "non-writable NumPy array" handed to ``torch.from_numpy``."""
     errors = [e for _, _, _, e in items if e is not None]
     if errors:
         return ("error", errors)
-    x = torch.stack([t for t, _, _, _ in items])  # type: ignore[misc]
+    x = torch.from_numpy(np.stack([a for a, _, _, _ in items]))  # type: ignore[misc]
     y = torch.tensor([label for _, label, _, _ in items], dtype=torch.int64)
     rows = torch.tensor([row for _, _, row, _ in items], dtype=torch.int64)
     return x, y, rows

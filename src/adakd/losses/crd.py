@@ -116,6 +116,8 @@ class CRD(Distiller):
         self.seed = int(torch.randint(0, 2**62, ()).item()) if seed is None else int(seed)
         self._generator: torch.Generator | None = None
         self._pending_generator_state: Tensor | None = None
+        self._indices_checked = False  # see _check_indices
+        self._z_estimated = False  # z_s, z_t known to be >= 0 (no host read of them needed); reset by a load
 
     # -- resumable sampler (saved as the module's extra state) ------------------------------------
     def get_extra_state(self) -> Tensor:
@@ -133,6 +135,7 @@ class CRD(Distiller):
         state = torch.as_tensor(state).to("cpu", torch.uint8)
         self.seed = int(state[:8].clone().view(torch.int64).item())
         self._generator = None
+        self._z_estimated = False  # the loaded z_s, z_t may still be < 0
         self._pending_generator_state = state[8:].clone() if state.numel() > 8 else None
 
     # -- negatives -------------------------------------------------------------------------------
@@ -161,9 +164,13 @@ class CRD(Distiller):
         idx = ctx.indices.long()
         if idx.shape != (batch,):
             raise ShapeError(f"crd got {tuple(idx.shape)} indices for a batch of {batch}: pass one index per sample.")
-        if batch and (int(idx.min()) < 0 or int(idx.max()) >= self.num_samples):
-            raise ConfigError(f"crd got dataset indices in [{int(idx.min())}, {int(idx.max())}], outside "
-                              f"[0, {self.num_samples}): build the loss with num_samples = the training-set size.")
+        # reading the range is free on the CPU, a host sync on an accelerator: there, the first batch only
+        if batch and (idx.device.type == "cpu" or not self._indices_checked):
+            low, high = int(idx.min()), int(idx.max())
+            if low < 0 or high >= self.num_samples:
+                raise ConfigError(f"crd got dataset indices in [{low}, {high}], outside [0, {self.num_samples}): "
+                                  "build the loss with num_samples = the training-set size.")
+            self._indices_checked = True
         return idx
 
     # -- the loss -------------------------------------------------------------------------------
@@ -175,7 +182,8 @@ class CRD(Distiller):
     def _normaliser(self, z: Tensor, scores: Tensor) -> Tensor:
         """Z, estimated as N * mean(scores) the first time (when the buffer is still < 0), then fixed."""
         mean = scores.detach().mean()
-        if world_size() > 1 and bool(z < 0):  # the first batch of a job: the mean over every rank's batch
+        # the first batch of a job: the mean over every rank's batch (read on the host once, then known)
+        if world_size() > 1 and not self._z_estimated and bool(z < 0):
             mean = all_reduce_mean(mean.clone())
         new = torch.where(z < 0, mean * self.num_samples, z)
         z.copy_(new)
@@ -200,6 +208,7 @@ class CRD(Distiller):
             with torch.no_grad():
                 z_s = self._normaliser(self.z_s, out_s)
                 z_t = self._normaliser(self.z_t, out_t)
+                self._z_estimated = True  # both Z are >= 0 from here on
             loss = nce_loss(out_s / z_s, self.num_samples) + nce_loss(out_t / z_t, self.num_samples)
         if world_size() > 1:  # every rank applies the job's whole batch: the banks stay identical
             idx, v_s, v_t = all_gather_rows(idx), all_gather_rows(v_s.detach()), all_gather_rows(v_t.detach())

@@ -167,7 +167,7 @@ class SAKDStrategy(Strategy):
             sf, tf = s_feats[term.key][term.j], t_feats[term.key][term.j]
             sub = ctx
             if n < b:
-                m = masks[:, term.spot]
+                m = torch.nonzero_static(masks[:, term.spot], size=n).squeeze(1)  # the rows; n known: no sync
                 sf, tf, sub = sf[m], tf[m], ctx.subset(m)
             value = self.parts[term.key].spot_loss(term.j, sf, tf, sub) * (n / b)
             terms[term.key] = terms[term.key] + value if term.key in terms else value
