@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ...strategies.abl import GAMMA_TRACE
 from .plots import register_plotter, require_matplotlib
-
-GAMMA_TRACE = "abl_gamma.jsonl"  # written by adakd.strategies.abl (imports point downwards only)
 
 
 def read_gamma_trace(run_dir: Path) -> list[dict]:
