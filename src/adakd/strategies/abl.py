@@ -1,5 +1,5 @@
-"""ABL: Adaptive Block-wise Learning for knowledge distillation (Li et al., ICLR 2023 submission,
-papers/abl-adaptive-block-wise-learning.txt; specified in docs/methods.md section 1).
+"""ABL: Adaptive Block-wise Learning for knowledge distillation ("Adaptive Block-wise Learning for
+Knowledge Distillation", ICLR 2023 submission; what adakd implements: docs/methods.md section 1).
 
 Every block b of the student gets its own mix of the student error (a LOCAL cross-entropy
 through an auxiliary head phi_b) and the teacher error (the distiller's loss, back-propagated

@@ -1,7 +1,7 @@
 """SAKD: spot-adaptive knowledge distillation, a strategy that wraps the configured distiller.
 
 A routing policy decides per sample and per spot (the distiller's spots plus the logits) whether
-to distil there (methods.md section 3). With decisions a[n, i] in {0, 1} (masks M_i = {n: a = 1},
+to distil there (docs/methods.md section 3). With decisions a[n, i] in {0, 1} (masks M_i = {n: a = 1},
 detached: distillation losses never train the policy), the student minimises
 
     L_S = ce_weight * CE(z_S, y) + sum_i (|M_i| / B) * L_i(S[M_i], T[M_i])
