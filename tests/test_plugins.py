@@ -189,19 +189,36 @@ class BrokenNet(MyNet):
 @MODELS.register("broken_net")
 def broken_net(num_classes: int, in_channels: int, image_size: int, width: int = 16) -> BrokenNet:
     return BrokenNet(num_classes, in_channels, width)
+
+
+class WrongStem(MyNet):
+    def __init__(self, num_classes: int, in_channels: int, width: int) -> None:
+        super().__init__(num_classes, 3, width)  # a stem for 3 channels, whatever the data has
+
+
+@MODELS.register("wrong_stem_net")
+def wrong_stem_net(num_classes: int, in_channels: int, image_size: int, width: int = 16) -> WrongStem:
+    return WrongStem(num_classes, in_channels, width)
 '''
 
 
-@pytest.mark.parametrize("flag", [[], ["--dry-run"]])
-def test_an_error_inside_a_users_component_is_one_message_naming_it(tmp_path, fmnist_root, capsys, flag):
+@pytest.mark.parametrize("model, flag, names, error", [
+    ("broken_net", [], "(BrokenNet.embed, my_models.py:", "RuntimeError: my pooling went wrong."),
+    ("broken_net", ["--dry-run"], "(BrokenNet.embed, my_models.py:", "RuntimeError: my pooling went wrong."),
+    # the error is raised in torch's conv, called by adakd's forward_features of the user's model
+    ("wrong_stem_net", ["--dry-run"], "(in WrongStem.forward_features; WrongStem is defined in my_models.py)",
+     "RuntimeError: Given groups=1, weight of size [8, 3, 3, 3], expected input[2, 1, 28, 28] to have 3 channels"),
+])
+def test_an_error_inside_a_users_component_is_one_message_naming_it(tmp_path, fmnist_root, capsys, model, flag,
+                                                                    names, error):
     from adakd.cli import main
 
-    cfg = user_model_config(tmp_path, fmnist_root, "my_models.py", "broken_net", plugin_extra=BROKEN)
+    cfg = user_model_config(tmp_path, fmnist_root, "my_models.py", model, plugin_extra=BROKEN)
     assert main(["train", str(cfg), *flag]) == 2
     err = capsys.readouterr().err  # the training's log lines, then the one message, no traceback
     assert "Traceback" not in err and err.count("adakd: error") == 1
     message = err.splitlines()[-1]
-    assert message.startswith("adakd: error: your model 'broken_net' (BrokenNet.embed, my_models.py:")
-    assert "raised RuntimeError: my pooling went wrong. Check it against the feature contract" in message
-    with pytest.raises(RuntimeError, match="my pooling went wrong"):  # --debug: the traceback
+    assert message.startswith(f"adakd: error: your model {model!r} {names}")
+    assert f"raised {error}" in message and "Check it against the feature contract" in message
+    with pytest.raises(RuntimeError):  # --debug: the traceback
         main(["--debug", "train", str(cfg), *flag])

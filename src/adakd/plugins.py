@@ -158,19 +158,28 @@ def _builds(entry: Entry, cls: type) -> bool:
     return entry.factory is cls or returns is cls or returns == cls.__name__
 
 
+def _module_file(module_name: str) -> str | None:
+    path = getattr(sys.modules.get(module_name), "__file__", None)
+    return str(Path(path).resolve()) if path else None
+
+
 def component_error(exc: BaseException) -> ComponentError | None:
-    """``exc`` as one message naming the plugin component it was raised in (the innermost frame of a
-    plugin's file), or None when no plugin code is on its traceback (or it is already an AdakdError)."""
+    """``exc`` as one message naming the plugin component it was raised in, or None when no plugin code
+    is on its traceback (or it is already an AdakdError). The component is the innermost frame that runs
+    a plugin file's code or a method of an object whose class a plugin defines (a user's model whose
+    own layers fail inside adakd's or torch's code)."""
     if isinstance(exc, AdakdError):
         return None
     files = _user_entries()
-    frame = next((f for f in reversed(_frames(exc.__traceback__))
-                  if str(Path(f.f_code.co_filename).resolve()) in files), None)
-    if frame is None:
+    for frame in reversed(_frames(exc.__traceback__)):
+        owner = frame.f_locals.get("self")
+        code_file = str(Path(frame.f_code.co_filename).resolve())
+        class_file = _module_file(type(owner).__module__) if owner is not None else None
+        if code_file in files or class_file in files:
+            break
+    else:
         return None
-    path = Path(frame.f_code.co_filename)
-    entries = files[str(path.resolve())]
-    owner = frame.f_locals.get("self")
+    entries = files[code_file if code_file in files else class_file]
     kind = next((_KIND_OF_BASE[f"{c.__module__}.{c.__qualname__}"] for c in type(owner).__mro__
                  if f"{c.__module__}.{c.__qualname__}" in _KIND_OF_BASE), None) if owner is not None else None
     named = [(k, e) for k, e in entries if getattr(e.factory, "__code__", None) is frame.f_code
@@ -180,12 +189,13 @@ def component_error(exc: BaseException) -> ComponentError | None:
     if not named:
         named = [(k, e) for k, e in entries if k == kind]
     name = f" {named[0][1].name!r}" if len(named) == 1 else ""
-    where = (f"{type(owner).__name__}.{frame.f_code.co_name}" if owner is not None else frame.f_code.co_name)
+    function = f"{type(owner).__name__}.{frame.f_code.co_name}" if owner is not None else frame.f_code.co_name
+    where = (f"{function}, {Path(code_file).name}:{frame.f_lineno}" if code_file in files
+             else f"in {function}; {type(owner).__name__} is defined in {Path(class_file or '').name}")
     what = f"your {kind}{name}" if kind else "your plugin code"
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return ComponentError(f"{what} ({where}, {path.name}:{frame.f_lineno}) raised {type(exc).__name__}"
-                          f"{': ' + message if message else ''}. {_FIX.get(kind or '', 'Check that code.')} "
-                          "(--debug shows the traceback.)")
+    return ComponentError(f"{what} ({where}) raised {type(exc).__name__}{': ' + message if message else ''}. "
+                          f"{_FIX.get(kind or '', 'Check that code.')} (--debug shows the traceback.)")
 
 
 __all__ = ["ENTRY_POINT_GROUP", "import_plugin", "load_entry_points", "load_plugins", "component_error"]
