@@ -460,3 +460,9 @@ def test_two_stage_run_records_and_resume_after_kill(tmp_path, fmnist_root, teac
     rd = Path(resumed["run_dir"])
     assert (rd / "abl_gamma.jsonl").read_text() == (d / "abl_gamma.jsonl").read_text()
     assert [json.loads(x)["phase"] for x in (rd / "metrics.jsonl").read_text().splitlines()] == ["search", "train"]
+    # the per-epoch records of the strategy, the search's hypergradient included (a meta step at step 1 came
+    # before the checkpoint at step 2 that the resume started from): exactly the uninterrupted run's
+    records = [{k: v for k, v in m.items() if k.startswith("abl_")} for m in metrics]
+    assert "abl_hypergradient_abs" in records[0] and min(records[0]["abl_hypergradient_abs"]) > 0
+    assert [{k: v for k, v in json.loads(x).items() if k.startswith("abl_")}
+            for x in (rd / "metrics.jsonl").read_text().splitlines()] == records

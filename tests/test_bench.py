@@ -83,7 +83,7 @@ def test_bench_times_every_candidate_beside_the_probes_pick(monkeypatch, capsys)
         calls.append([c.label for c in options])
         return {c: (0.5 if c.label == "bf16 CL" else 1.0) for c in options}
 
-    monkeypatch.setattr("adakd.tools.bench.time_steps", fake)
+    monkeypatch.setattr("adakd.tools.bench.paths.time_steps", fake)
     settings = BenchSettings(**TINY, batch_sizes=[8], warmup=1, repeats=1, device="cpu")
     result = run_bench(settings)
     (record,) = result["results"]
@@ -270,7 +270,8 @@ def test_inductor_compile_of_a_one_layer_model(tmp_path):
 def test_a_capped_instruction_set_is_recorded_and_keys_the_probe(monkeypatch):
     """ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA make this CPU time like another: the bench says so and the
     fast-path probe's cache key (the device model) tells the two apart."""
-    from adakd.tools.bench import _cpu_text, environment
+    from adakd.tools.bench import environment
+    from adakd.tools.bench.output import _cpu_text
     from adakd.runtime.device import device_model
 
     cpu = torch.device("cpu")

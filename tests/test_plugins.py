@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from adakd import plugins
@@ -134,3 +135,90 @@ def test_cli_import_flag_lists_a_plugins_components(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "adakd", "--import", "no_such_plugin_mod", "list", "models"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "plugin module 'no_such_plugin_mod' not found" in bad.stderr
+
+
+# ----------------------------------------------------------------------------- the README's user model
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_user_model() -> str:
+    """The ```python snippet of the README's "Extending" section, as written there (dedented)."""
+    import textwrap
+
+    section = README.read_text().split("\n## Extending\n", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    return textwrap.dedent(code)
+
+
+def user_model_config(tmp_path: Path, root: Path, plugin: str, student: str, **extra) -> Path:
+    """KD from a (random) teacher of the README's model to a narrower one, on 512 Fashion-MNIST images, one epoch."""
+    from adakd.models import build_model
+
+    (tmp_path / plugin).write_text(readme_user_model() + extra.pop("plugin_extra", ""))
+    plugins.import_plugin(str(tmp_path / plugin))
+    teacher = tmp_path / "teacher.pt"
+    torch.save(build_model("my_net", num_classes=10, in_channels=1, image_size=28, width=16).state_dict(), teacher)
+    cfg = {**tiny(tmp_path, root, "user-model"), "imports": [plugin], "student": {"name": student, "kwargs": {"width": 8}},
+           "teacher": {"name": "my_net", "kwargs": {"width": 16}, "checkpoint": str(teacher)}, "losses": {"kd": {}}}
+    cfg["data"].update(train_subset=512, test_subset=200, batch_size=32, eval_batch_size=200)
+    cfg["train"]["epochs"] = 1
+    return write_config(tmp_path / "user.yaml", cfg)
+
+
+def test_the_readmes_user_model_passes_the_dry_run_and_trains(tmp_path, fmnist_root, capsys):
+    """The snippet sets no input_shape: it is probed with the 1x28x28 input it is built for (it was 3x32x32)."""
+    from adakd.cli import main
+
+    cfg = user_model_config(tmp_path, fmnist_root, "my_models.py", "my_net")
+    assert main(["train", str(cfg), "--dry-run"]) == 0
+    said = capsys.readouterr()
+    assert "config OK: fashion_mnist 1x28x28, 10 classes; student MyNet, teacher MyNet" in said.out + said.err
+    assert main(["train", str(cfg), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    records = [json.loads(x) for x in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 1 and records[0]["kd"] > 0 and summary["best_top1"] > 10.0  # chance is 10%
+
+
+BROKEN = '''
+
+class BrokenNet(MyNet):
+    def embed(self, h):
+        raise RuntimeError("my pooling went wrong")
+
+
+@MODELS.register("broken_net")
+def broken_net(num_classes: int, in_channels: int, image_size: int, width: int = 16) -> BrokenNet:
+    return BrokenNet(num_classes, in_channels, width)
+
+
+class WrongStem(MyNet):
+    def __init__(self, num_classes: int, in_channels: int, width: int) -> None:
+        super().__init__(num_classes, 3, width)  # a stem for 3 channels, whatever the data has
+
+
+@MODELS.register("wrong_stem_net")
+def wrong_stem_net(num_classes: int, in_channels: int, image_size: int, width: int = 16) -> WrongStem:
+    return WrongStem(num_classes, in_channels, width)
+'''
+
+
+@pytest.mark.parametrize("model, flag, names, error", [
+    ("broken_net", [], "(BrokenNet.embed, my_models.py:", "RuntimeError: my pooling went wrong."),
+    ("broken_net", ["--dry-run"], "(BrokenNet.embed, my_models.py:", "RuntimeError: my pooling went wrong."),
+    # the error is raised in torch's conv, called by adakd's forward_features of the user's model
+    ("wrong_stem_net", ["--dry-run"], "(in WrongStem.forward_features; WrongStem is defined in my_models.py)",
+     "RuntimeError: Given groups=1, weight of size [8, 3, 3, 3], expected input[2, 1, 28, 28] to have 3 channels"),
+])
+def test_an_error_inside_a_users_component_is_one_message_naming_it(tmp_path, fmnist_root, capsys, model, flag,
+                                                                    names, error):
+    from adakd.cli import main
+
+    cfg = user_model_config(tmp_path, fmnist_root, "my_models.py", model, plugin_extra=BROKEN)
+    assert main(["train", str(cfg), *flag]) == 2
+    err = capsys.readouterr().err  # the training's log lines, then the one message, no traceback
+    assert "Traceback" not in err and err.count("adakd: error") == 1
+    message = err.splitlines()[-1]
+    assert message.startswith(f"adakd: error: your model {model!r} {names}")
+    assert f"raised {error}" in message and "Check it against the feature contract" in message
+    with pytest.raises(RuntimeError):  # --debug: the traceback
+        main(["--debug", "train", str(cfg), *flag])

@@ -244,7 +244,7 @@ def test_all_student_routing_is_the_students_forward(mode, pair):
 @pytest.mark.parametrize("mode", ["running", "batch"])
 def test_grafted_pass_leaves_student_bn_statistics_and_weights_alone(mode):
     st, s, t, x = _graft_setup()
-    st.opts["graft_bn"] = mode
+    st.options.graft_bn = mode
     s.train()
     before = {k: v.clone() for k, v in s.state_dict().items()}
     sf, tf = s.forward_features(x), st.teacher_features(x)

@@ -20,11 +20,10 @@ from . import strategies as _strategies  # noqa: F401  (registers the strategies
 from .config import RunConfig, load_config
 from .data import DataConfig, build_data, load_split
 from .engine.components import check_config, load_student, resolve_checkpoint
-from .engine.checkpoint import load_checkpoint, load_weights
 from .runtime.device import resolve_device
 from .engine.evaluate import evaluate
 from .engine.trainer import Trainer, train
-from .errors import CheckpointError, ConfigError
+from .errors import ConfigError
 from .losses.base import DistillContext
 from .losses.build import build_distiller
 from .models import build_model
@@ -35,11 +34,6 @@ __all__ = [
     "build_distiller", "build_data", "load_split", "DataConfig", "DistillContext", "MODELS", "DATASETS",
     "DISTILLERS", "STRATEGIES",
 ]
-
-
-def _read_run_config(run_dir: Path) -> RunConfig | None:
-    path = run_dir / "config.yaml"
-    return load_config(path) if path.is_file() else None
 
 
 def evaluate_checkpoint(target: str | Path, which: str = "final", data_root: str | None = None,

@@ -342,9 +342,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("adakd: interrupted", file=sys.stderr)
         return 130
-    except OSError as exc:  # a full, read-only or vanished output location while writing records
-        if debug or exc.errno not in _WRITE_ERRNOS:
+    except Exception as exc:
+        from .plugins import component_error
+
+        error = None if debug else component_error(exc)  # raised inside a plugin's model, loss, strategy, dataset
+        if error is not None:
+            print(f"adakd: error: {error}", file=sys.stderr)
+            return error.exit_code
+        if not isinstance(exc, OSError) or debug or exc.errno not in _WRITE_ERRNOS:
             raise
+        # a full, read-only or vanished output location while writing records
         where = f" {exc.filename}" if exc.filename else ""
         print(f"adakd: error: cannot write{where}: {exc.strerror or exc}. Free disk space or choose a writable "
               "output_dir=/run_dir=; checkpoints already written are intact (--resume continues).", file=sys.stderr)

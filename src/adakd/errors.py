@@ -31,3 +31,7 @@ class ShapeError(AdakdError):
 
 class CacheError(AdakdError):
     """A teacher-output cache that is foreign (other weights, data or augmentation), incomplete or corrupt."""
+
+
+class ComponentError(AdakdError):
+    """An error raised inside a user's own component (a plugin's model, loss, strategy or dataset)."""

@@ -6,6 +6,10 @@ or ``losses.kd.temperature: hot`` is reported at config time with a close-match 
 not when the teacher has already trained. A strategy declares its options as a pydantic model
 itself (``Strategy.Options``); :func:`check_options` validates a mapping against either kind.
 
+One case rule for every options model: a choice among names (a ``Literal`` of strings, optional or
+not) accepts any case and is stored in its declared spelling (``routing: Random`` -> ``"random"``);
+every other string (paths, component names) is taken as written.
+
     model = options_model(KD.__init__, skip={"student", "teacher"}, name="kd")
     check_options(model, {"temprature": 4}, where="losses.kd")   # ConfigError: ... Did you mean 'temperature'?
 """
@@ -17,15 +21,36 @@ import inspect
 import typing
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model, model_validator
 
 from .errors import ConfigError
 
 
+def _choices(annotation: Any) -> tuple[str, ...]:
+    """The string values of the ``Literal`` in ``annotation`` (through Optional/Union/Annotated); () if none."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return tuple(v for v in typing.get_args(annotation) if isinstance(v, str))
+    return tuple(v for arg in typing.get_args(annotation) for v in _choices(arg))
+
+
 class StrictOptions(BaseModel):
-    """Base of every options model: unknown keys are errors."""
+    """Base of every options model: unknown keys are errors; choices are case-insensitive (module docstring)."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _declared_spelling(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for key, value in data.items():
+            field = cls.model_fields.get(key) if isinstance(value, str) else None
+            if field is None:
+                continue
+            spelling = {c.lower(): c for c in _choices(field.annotation)}
+            out[key] = spelling.get(value.lower(), value)
+        return out
 
 
 @functools.lru_cache(maxsize=None)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..models.contract import Features, FeatureShapes
 
-#: Where a distiller reads the features (SAKD's spots, methods.md section 3).
+#: Where a distiller reads the features (SAKD's spots, docs/methods.md section 3).
 SPOT_KINDS = ("logits", "stages", "mid", "pooled", "last", "all")
 
 
@@ -52,7 +52,7 @@ class Distiller(nn.Module):
 
     Class attributes:
       name, description, paper: for the registry and ``adakd list distillers``.
-      default_weight: the loss weight of reference.md.
+      default_weight: the field's usual weight of the loss (docs/recipes.md).
       spot_kind: one of SPOT_KINDS (where SAKD may route this loss).
       needs_indices: True when ``ctx.indices`` is required (CRD); the builder then
         passes ``num_samples=`` (training-set size) to the constructor.

@@ -47,7 +47,7 @@ class CC(Distiller):
 
         L = weight * 1/(B-1) * sum_{i=1}^{B-1} sum_k d_{i,k} d_{i+1,k}
 
-    The reference weight 0.02 (reference.md) was tuned for this form, so the CRD table's CC row
+    The reference weight 0.02 (docs/recipes.md) was tuned for this form, so the CRD table's CC row
     is reproduced with it.
 
     ``form="taylor_rbf"``: the paper's formula, the P-order Taylor expansion of the Gaussian RBF

@@ -13,7 +13,7 @@ from ..registry import MODELS
 # importing the family modules registers their models
 from . import mobilenetv1, mobilenetv2, resnet_bottleneck, resnet_cifar, shufflenetv1, shufflenetv2, vgg, wrn  # noqa: F401
 from . import timm_adapter, torchvision_adapter  # noqa: F401  (tv:*, timm:*: imported lazily when built)
-from .contract import ContractModel, Features, FeatureShapes
+from .contract import ContractModel, Features, FeatureShapes, declares_input_shape
 from .hooked import HookedModel
 
 __all__ = ["ContractModel", "Features", "FeatureShapes", "HookedModel", "build_model", "model_options"]
@@ -53,4 +53,7 @@ def build_model(name: str, num_classes: int = 100, in_channels: int = 3, image_s
         valid = ", ".join(f"{k}={v!r}" for k, v in options.items()) or "none"
         unknown = sorted(set(kwargs) - set(options))
         raise ConfigError(f"model {name!r} got unknown option(s) {unknown}; its options are: {valid}.") from None
-    return entry.factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+    model = entry.factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+    if isinstance(model, ContractModel) and not declares_input_shape(model):  # feature_shapes() probes this input
+        model.input_shape = (in_channels, image_size, image_size)
+    return model

@@ -93,7 +93,9 @@ class ContractModel(nn.Module):
 
     Subclasses set ``self.units`` (nn.ModuleList), ``self.stage_ends`` (list[int]),
     ``self.fc`` (the classifier), ``self.family`` (str), ``self.input_shape``
-    ((C, H, W) the model was built for) and may override ``embed``.
+    ((C, H, W) the model was built for; :func:`~adakd.models.build_model` records the
+    ``in_channels`` and ``image_size`` it built the model for where the model sets none)
+    and may override ``embed``.
     """
 
     units: nn.ModuleList
@@ -170,3 +172,15 @@ class ContractModel(nn.Module):
         finally:
             self.train(was_training)
         return FeatureShapes.of(f, family=self.family)
+
+
+def declares_input_shape(model: nn.Module) -> bool:
+    """Whether ``model`` or a class of its own (below :class:`ContractModel`) sets ``input_shape``."""
+    if "input_shape" in vars(model):
+        return True
+    for cls in type(model).__mro__:
+        if cls is ContractModel:
+            return False
+        if "input_shape" in vars(cls):
+            return True
+    return False

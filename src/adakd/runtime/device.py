@@ -72,11 +72,6 @@ def _cpuinfo() -> tuple[str, frozenset[str]]:
     return model or platform.processor() or platform.machine(), flags
 
 
-def cpu_has_amx_bf16() -> bool:
-    """True when the CPU advertises AMX bf16 tiles (bf16 matmuls/convs much faster than fp32)."""
-    return "amx_bf16" in _cpuinfo()[1]
-
-
 def device_model(device: torch.device) -> str:
     """What the device is, for cache keys and reports: the GPU's name, or the CPU's model name."""
     if device.type == "cuda":

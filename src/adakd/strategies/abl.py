@@ -1,5 +1,5 @@
-"""ABL: Adaptive Block-wise Learning for knowledge distillation (Li et al., ICLR 2023 submission,
-papers/abl-adaptive-block-wise-learning.txt; specified in docs/methods.md section 1).
+"""ABL: Adaptive Block-wise Learning for knowledge distillation ("Adaptive Block-wise Learning for
+Knowledge Distillation", ICLR 2023 submission; what adakd implements: docs/methods.md section 1).
 
 Every block b of the student gets its own mix of the student error (a LOCAL cross-entropy
 through an auxiliary head phi_b) and the teacher error (the distiller's loss, back-propagated
@@ -16,8 +16,9 @@ student is retrained from scratch with gamma fixed. Works with any distiller of 
 Phases: [distiller pre-training] -> "search" (warm start with gamma = 0, then one meta step
 per training step) -> "train" (the student, distiller and heads reloaded to their initial
 state in place, gamma fixed). Records: ``abl_gamma.jsonl`` (gamma per block over the
-search's iterations), epoch means in metrics.jsonl, ``abl_gammas.json`` (the gammas used,
-and the auxiliary heads' test accuracy at the end), the same in summary.json.
+search's iterations) and epoch means in metrics.jsonl (both kept by ``abl_records``),
+``abl_gammas.json`` (the gammas used, and the auxiliary heads' test accuracy at the end), the
+same in summary.json.
 
 strategy.options (typed and defaulted in ``ABLOptions``):
   aux                aux1 | aux2 | aux3 (paper default) | aux4: auxiliary head design (Table 11)
@@ -46,11 +47,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BeforeValidator, Field
+from pydantic import Field
 from torch import Tensor, nn
 
 from ..data import Batch
@@ -63,40 +64,33 @@ from ..options import StrictOptions
 from ..registry import STRATEGIES
 from .abl_gradients import (abl_forward, apply_mixed, block_parameters, check_blocks, local_losses, mixed_backward,
                             separate_gradients)
-from .abl_heads import build_aux_heads, resolve_aux
+from .abl_heads import AUX_VARIANTS, build_aux_heads, resolve_aux
 from .abl_meta import (HYPERGRADIENTS, OptimizerSnapshot, darts_hypergradient, exact_hypergradient,
                        frozen_bn_stats, preserved_buffers, softmax_backward, step_coefficients)
+from .abl_records import GAMMA_TRACE, SearchRecords
 from .base import Phase, Strategy, StrategyContext, correct_count
 
 ABLATIONS = ("adaptive", "fixed", "random", "no_distill", "teacher_only")
-GAMMA_TRACE = "abl_gamma.jsonl"
 GAMMA_FILE = "abl_gammas.json"
-
-
-def _lower(value: Any) -> Any:
-    return value.lower() if isinstance(value, str) else value
-
-
-Choice = BeforeValidator(_lower)  # choices are case-insensitive
 
 
 class ABLOptions(StrictOptions):
     """``strategy.options`` of ABL (see the module docstring)."""
 
-    aux: str = "aux3"
+    aux: Literal[(*AUX_VARIANTS, "default")] = "aux3"  # "default" = aux3
     gammas: list[float | list[float]] | str | None = None
-    ablation: Annotated[Literal[ABLATIONS], Choice] = "adaptive"
-    student_error: Annotated[Literal["local", "global"], Choice] = "local"
+    ablation: Literal[ABLATIONS] = "adaptive"
+    student_error: Literal["local", "global"] = "local"
     search_epochs: int | None = Field(None, ge=0)
     warm_start_epochs: float | None = Field(None, ge=0)
     warm_start_steps: int | None = Field(None, ge=0)
     meta_every: int = Field(4, ge=1)
-    hypergradient: Annotated[Literal[HYPERGRADIENTS], Choice] = "exact"
-    meta_optimizer: Annotated[Literal["adam", "sgd"], Choice] = "adam"
+    hypergradient: Literal[HYPERGRADIENTS] = "exact"
+    meta_optimizer: Literal["adam", "sgd"] = "adam"
     meta_lr: float = Field(3e-4, gt=0)
     meta_betas: tuple[float, float] = (0.5, 0.999)
     meta_weight_decay: float = Field(1e-3, ge=0)
-    val_loss: Annotated[Literal["ce", "ce+kd"], Choice] = "ce"
+    val_loss: Literal["ce", "ce+kd"] = "ce"
     darts_xi: float = Field(0.01, gt=0)
     trace_every: int = Field(10, ge=1)
 
@@ -132,19 +126,20 @@ class ABLStrategy(Strategy):
 
     name = "abl"
     Options = ABLOptions
+    options: ABLOptions  # the validated strategy.options, read as attributes
 
     def __init__(self, ctx: StrategyContext) -> None:
         super().__init__(ctx)
-        o = self.options.model_dump()
+        o = self.options
         self.num_blocks = check_blocks(self.student)
-        self.aux = resolve_aux(o["aux"])
-        self.ablation = o["ablation"]
-        self.student_error = o["student_error"]
-        self.hypergradient = o["hypergradient"]
-        self.val_loss = o["val_loss"]
-        self.meta_lr = float(o["meta_lr"])
-        self.darts_xi = float(o["darts_xi"])
-        self.trace_every = int(o["trace_every"])
+        self.aux = resolve_aux(o.aux)
+        self.ablation = o.ablation
+        self.student_error = o.student_error
+        self.hypergradient = o.hypergradient
+        self.val_loss = o.val_loss
+        self.meta_lr = o.meta_lr
+        self.darts_xi = o.darts_xi
+        self.trace_every = o.trace_every
         self.use_kd = self.ablation != "no_distill"
         if self.use_kd and (self.distiller is None or self.teacher is None):
             raise ConfigError("strategy abl mixes the student error with a teacher's: add a teacher and a loss "
@@ -161,15 +156,15 @@ class ABLStrategy(Strategy):
         self.source = "search"
         self._set_initial_gammas(o, ctx.seed, device)
         self.searching = self.fixed is None
-        self.search_epochs = int(o["search_epochs"] if o["search_epochs"] is not None else ctx.epochs)
+        self.search_epochs = o.search_epochs if o.search_epochs is not None else ctx.epochs
         if self.searching and self.search_epochs <= 0:
             raise ConfigError("strategy.options.search_epochs must be >= 1 (or give gammas to skip the search).")
-        if o["warm_start_steps"] is not None:
-            self.warm_start_steps = int(o["warm_start_steps"])
+        if o.warm_start_steps is not None:
+            self.warm_start_steps = o.warm_start_steps
         else:
-            warm = o["warm_start_epochs"] if o["warm_start_epochs"] is not None else self.search_epochs / 4
-            self.warm_start_steps = int(round(float(warm) * ctx.steps_per_epoch))
-        self.meta_every = int(o["meta_every"])
+            warm = o.warm_start_epochs if o.warm_start_epochs is not None else self.search_epochs / 4
+            self.warm_start_steps = int(round(warm * ctx.steps_per_epoch))
+        self.meta_every = o.meta_every
         if self.searching and ctx.val_loader is None:
             raise ConfigError("strategy abl searches its gammas on a validation split held out of the training set: "
                               "set data.val_fraction (e.g. data.val_fraction=0.1), or give strategy.options.gammas "
@@ -180,18 +175,14 @@ class ABLStrategy(Strategy):
         self._has_pretrain = bool(getattr(self.distiller, "pretrain_epochs", 0)) if self.distiller is not None else False
         self._init = self._capture()
         self._store_init = False
-        self._trace: list[tuple[int, Tensor]] = []
-        self._trace_written = 0
-        self._reset_sums(device)
+        self.records = SearchRecords(self.num_blocks - 1, self.trace_every, device)
 
     # ------------------------------------------------------------------ set-up
-    def _meta_optimizer(self, o: dict[str, Any]) -> torch.optim.Optimizer:
+    def _meta_optimizer(self, o: ABLOptions) -> torch.optim.Optimizer:
         """Adam (DARTS) or plain SGD on gamma; both with L2 weight decay meta_weight_decay."""
-        if o["meta_optimizer"] == "sgd":
-            return torch.optim.SGD([self.gamma], lr=self.meta_lr, weight_decay=float(o["meta_weight_decay"]))
-        betas = tuple(float(b) for b in o["meta_betas"])
-        return torch.optim.Adam([self.gamma], lr=self.meta_lr, betas=betas,  # type: ignore[arg-type]
-                                weight_decay=float(o["meta_weight_decay"]))
+        if o.meta_optimizer == "sgd":
+            return torch.optim.SGD([self.gamma], lr=self.meta_lr, weight_decay=o.meta_weight_decay)
+        return torch.optim.Adam([self.gamma], lr=self.meta_lr, betas=o.meta_betas, weight_decay=o.meta_weight_decay)
 
     def _build_heads(self, ctx: StrategyContext) -> nn.ModuleList:
         if self.student_error == "global":
@@ -210,10 +201,10 @@ class ABLStrategy(Strategy):
             heads = build_aux_heads(shapes, ctx.num_classes, self.aux)
         return heads.to(device=param.device, dtype=param.dtype)
 
-    def _set_initial_gammas(self, o: dict[str, Any], seed: int, device: torch.device) -> None:
+    def _set_initial_gammas(self, o: ABLOptions, seed: int, device: torch.device) -> None:
         n = self.num_blocks - 1
-        if o["gammas"] is not None:
-            self.fixed, self.source = read_gammas(o["gammas"], n).to(device), "given"
+        if o.gammas is not None:
+            self.fixed, self.source = read_gammas(o.gammas, n).to(device), "given"
         elif self.ablation == "fixed":
             self.fixed = torch.full((n, 2), 0.5, device=device)
         elif self.ablation == "random":
@@ -270,7 +261,7 @@ class ABLStrategy(Strategy):
         if self._has_pretrain:  # retrain from the pre-trained connectors, not from their random init
             self._init = self._capture()
             self._store_init = True
-        self._trace.append((0, self.probs().clone()))
+        self.records.trace_now(0, self.probs())
 
     def _start_train(self) -> None:
         """Retrain from scratch with the searched gamma: reload the initial states in place."""
@@ -308,7 +299,6 @@ class ABLStrategy(Strategy):
     def _skip(self, loss: Tensor, optimizer: torch.optim.Optimizer) -> bool:
         if self.ctx.skip_nonfinite and not ddp.all_finite(loss):  # one decision for every rank of a job
             optimizer.zero_grad(set_to_none=True)
-            self.skipped_steps = getattr(self, "skipped_steps", 0) + 1
             return True
         return False
 
@@ -323,7 +313,7 @@ class ABLStrategy(Strategy):
         mixed_backward(p, kd, ce, local, self.ctx.ce_weight, probs, self.blocks, self.heads, self._connectors(),
                        self.student_error)
         optimizer.step()
-        self._add_probs(probs)
+        self.records.add_probs(probs)
         return out
 
     def search_step(self, batch: Batch, ctx: DistillContext, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
@@ -332,7 +322,7 @@ class ABLStrategy(Strategy):
         meta_every = k only every k-th step after the warm start is a meta step; the others train with gamma as is."""
         if ctx.step < self.warm_start_steps or (ctx.step - self.warm_start_steps) % self.meta_every:
             out = self.train_step(batch, ctx, optimizer)
-            self._record(ctx.step + 1)
+            self.records.trace_at(ctx.step + 1, self.probs)
             return out
         p, t, terms, kd, ce, local = self._forward(batch, ctx)
         out, loss = self._terms(p, terms, kd, ce, local, batch.y)
@@ -364,11 +354,9 @@ class ABLStrategy(Strategy):
         new = self.probs()
         apply_mixed(grads, new, self.blocks, self.heads, conn)
         optimizer.step()
-        self._add_probs(new)
-        self._val_sum = self._val_sum + val
-        self._hyper_abs_sum = self._hyper_abs_sum + self.last_hypergradient[:, 1].abs().float()
-        self._val_n += 1  # meta steps this epoch: the count of both sums
-        self._record(ctx.step + 1)
+        self.records.add_probs(new)
+        self.records.add_meta_step(val, self.last_hypergradient)
+        self.records.trace_at(ctx.step + 1, self.probs)
         return out
 
     def _val_batch(self, step: int, size: int) -> Batch:
@@ -435,45 +423,8 @@ class ABLStrategy(Strategy):
             return local_losses(p, batch.y), kd
 
     # ------------------------------------------------------------------ records
-    def _reset_sums(self, device: torch.device) -> None:
-        self._prob_sum = torch.zeros(self.num_blocks - 1, 2, device=device)
-        self._prob_n = 0
-        self._val_sum = torch.zeros((), device=device)
-        self._val_n = 0
-        self._hyper_abs_sum = torch.zeros(self.num_blocks - 1, device=device)  # |dL_val/dgamma_teacher| per block
-
-    def _add_probs(self, probs: Tensor) -> None:
-        self._prob_sum = self._prob_sum + probs
-        self._prob_n += 1
-
-    def _record(self, iteration: int) -> None:
-        if iteration % self.trace_every == 0:
-            self._trace.append((iteration, self.probs().clone()))
-
-    def _flush_trace(self) -> None:
-        if not self._trace:
-            return
-        rows = torch.stack([p for _, p in self._trace]).cpu().tolist()
-        lines = [json.dumps({"phase": "search", "iteration": it, "gamma_student": [r[0] for r in row],
-                             "gamma_teacher": [r[1] for r in row]}) for (it, _), row in zip(self._trace, rows)]
-        if self.ctx.run_dir is not None:
-            with open(Path(self.ctx.run_dir) / GAMMA_TRACE, "a") as f:
-                f.write("".join(line + "\n" for line in lines))
-        self._trace_written += len(lines)
-        self._trace = []
-
     def epoch_metrics(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self._prob_n:
-            mean = (self._prob_sum / self._prob_n).cpu().tolist()
-            out["abl_gamma_student"] = [round(m[0], 6) for m in mean]
-            out["abl_gamma_teacher"] = [round(m[1], 6) for m in mean]
-        if self._val_n:
-            out["abl_val_loss"] = float(self._val_sum.item()) / self._val_n
-            out["abl_hypergradient_abs"] = [float(f"{h:.4g}") for h in (self._hyper_abs_sum / self._val_n).tolist()]
-        self._flush_trace()
-        self._reset_sums(self._prob_sum.device)
-        return out
+        return self.records.epoch_metrics(self.ctx.run_dir)
 
     def _write_gammas(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         probs = self.probs().cpu().tolist()
@@ -540,10 +491,7 @@ class ABLStrategy(Strategy):
             "source": self.source,
             "meta_opt": self.meta_opt.state_dict(),
             "heads": self.heads.state_dict(),
-            "trace": [(it, p.cpu()) for it, p in self._trace],
-            "trace_written": self._trace_written,
-            "sums": {"prob_sum": self._prob_sum.cpu(), "prob_n": self._prob_n, "val_sum": self._val_sum.cpu(),
-                     "val_n": self._val_n},
+            **self.records.state_dict(),  # trace, trace_written, sums
             "init": self._init if self._store_init else None,
         }
 
@@ -555,26 +503,12 @@ class ABLStrategy(Strategy):
         self.source = state["source"]
         self.meta_opt.load_state_dict(state["meta_opt"])
         self.heads.load_state_dict(state["heads"])
-        self._trace = [(int(it), p.to(device)) for it, p in state["trace"]]
-        self._trace_written = int(state["trace_written"])
-        sums = state["sums"]
-        self._prob_sum, self._prob_n = sums["prob_sum"].to(device), int(sums["prob_n"])
-        self._val_sum, self._val_n = sums["val_sum"].to(device), int(sums["val_n"])
+        self.records.load_state_dict(state)
         if state.get("init") is not None:
             self._init = {k: None if v is None else {n: t.to(device) for n, t in v.items()}
                           for k, v in state["init"].items()}
             self._store_init = True
-        self._truncate_trace()
-
-    def _truncate_trace(self) -> None:
-        """Drop trace rows written after the checkpoint (a kill between the flush and the save)."""
-        if self.ctx.run_dir is None:
-            return
-        path = Path(self.ctx.run_dir) / GAMMA_TRACE
-        if path.exists():
-            lines = path.read_text().splitlines(keepends=True)
-            if len(lines) > self._trace_written:
-                path.write_text("".join(lines[:self._trace_written]))
+        self.records.truncate_trace(self.ctx.run_dir)
 
     def export_student(self) -> nn.Module:
         return self.student

@@ -1,4 +1,4 @@
-"""ABL's block-wise gradients (methods.md section 1; Li et al., ABL, Eq. 4-5).
+"""ABL's block-wise gradients (docs/methods.md section 1; the ABL paper's Eq. 4-5).
 
 Blocks: the student's units, the stem joined to the first block, the head (embed + fc)
 joined to the last: b = 0..L-1 with L = len(units) - 1. Every block b < L-1 has an

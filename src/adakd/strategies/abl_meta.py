@@ -1,4 +1,4 @@
-"""ABL's meta variables: the hypergradient of the bilevel search (methods.md section 1; ABL Eq. 6-9).
+"""ABL's meta variables: the hypergradient of the bilevel search (docs/methods.md section 1; the ABL paper's Eq. 6-9).
 
 Inner step (optimiser step on the training batch with gamma fixed), block b < L-1:
 

@@ -101,10 +101,6 @@ class Strategy:
         """``options`` validated against :attr:`Options` (one ConfigError naming each bad key and the fix)."""
         return check_options(cls.Options, options, "strategy.options")
 
-    @classmethod
-    def option_names(cls) -> set[str]:
-        return set(cls.Options.model_fields)
-
     # -- what the main optimiser trains ------------------------------------------------
     def trainable_modules(self) -> list[nn.Module]:
         mods: list[nn.Module] = [self.student]
@@ -166,7 +162,6 @@ class Strategy:
         """zero_grad, backward, step; with ``skip_nonfinite`` a NaN/inf loss skips the step. True if stepped."""
         optimizer.zero_grad(set_to_none=True)
         if self.ctx.skip_nonfinite and not all_finite(loss):  # one decision for every rank of a job
-            self.skipped_steps = getattr(self, "skipped_steps", 0) + 1
             return False
         loss.backward()
         optimizer.step()

@@ -1,7 +1,7 @@
 """SAKD: spot-adaptive knowledge distillation, a strategy that wraps the configured distiller.
 
 A routing policy decides per sample and per spot (the distiller's spots plus the logits) whether
-to distil there (methods.md section 3). With decisions a[n, i] in {0, 1} (masks M_i = {n: a = 1},
+to distil there (docs/methods.md section 3). With decisions a[n, i] in {0, 1} (masks M_i = {n: a = 1},
 detached: distillation losses never train the policy), the student minimises
 
     L_S = ce_weight * CE(z_S, y) + sum_i (|M_i| / B) * L_i(S[M_i], T[M_i])
@@ -77,39 +77,40 @@ class SAKDStrategy(Strategy):
         graft_bn: Literal[GRAFT_BN_MODES] = "running"
         per_class_routing: bool = True
 
+    options: Options  # the validated strategy.options, read as attributes
+
     def __init__(self, ctx: StrategyContext) -> None:
         super().__init__(ctx)
         if ctx.teacher is None:
             raise ConfigError("strategy sakd distils from a teacher: add a `teacher:` section (and losses).")
-        self.opts = self.options.model_dump()
+        o = self.options
         check_graftable(self.student, "student")
         check_graftable(self.teacher, "teacher")
         s_shapes, t_shapes = self.student.feature_shapes(), self.teacher.feature_shapes()
         self.parts: dict[str, Distiller] = distiller_parts(self.distiller)
         self.kd: KD | None = None
         if not any(p.spot_kind == "logits" for p in self.parts.values()):
-            self.kd = KD(s_shapes, t_shapes, weight=float(self.opts["kd_weight"]),
-                         temperature=float(self.opts["kd_temperature"])).to(ctx.device)
+            self.kd = KD(s_shapes, t_shapes, weight=o.kd_weight, temperature=o.kd_temperature).to(ctx.device)
             self.parts = {**self.parts, "kd": self.kd}
         elif {"kd_weight", "kd_temperature"} & set(ctx.options):
             raise ConfigError("sakd: a logit loss is configured in `losses`, so strategy options kd_weight / "
                               "kd_temperature do not apply; set the logit loss's weight in `losses` instead.")
         self.spots, self.terms = find_spots(self.parts, s_shapes, t_shapes)
-        self.routing = str(self.opts["routing"])
-        self.gamma = float(self.opts["gamma"]) if self.opts["gamma"] is not None else max(
+        self.routing = o.routing
+        self.gamma = o.gamma if o.gamma is not None else max(
             [p.sakd_policy_gamma for p in self.parts.values()] or [1.0])
-        everywhere = self.opts["init_everywhere"]
+        everywhere = o.init_everywhere
         if everywhere is None:  # same-family pairs start at "distil everywhere"
             everywhere = bool(s_shapes.family) and s_shapes.family == t_shapes.family
         self.same_family = bool(everywhere)
         with torch.random.fork_rng(devices=[]):  # the policy's init leaves the run's random streams alone
             torch.manual_seed(ctx.seed + 7919)
             self.policy = RoutingPolicy(t_shapes.pooled, s_shapes.pooled, len(self.spots), self.same_family,
-                                        float(self.opts["init_bias"])).to(ctx.device)
+                                        o.init_bias).to(ctx.device)
             self.adapters = GraftAdapters(self.spots, s_shapes, t_shapes).to(ctx.device)
         self.policy_optimizer = ddp.sync_gradients(torch.optim.SGD(  # under torchrun: gradients averaged over ranks
             list(self.policy.parameters()) + list(self.adapters.parameters()), lr=0.0,
-            momentum=float(self.opts["policy_momentum"]), weight_decay=float(self.opts["policy_weight_decay"])))
+            momentum=o.policy_momentum, weight_decay=o.policy_weight_decay))
         self.generator = torch.Generator(device=ctx.device)
         self.generator.manual_seed(ctx.seed + 104729)
         self._routed = torch.zeros(len(self.spots), device=ctx.device)
@@ -144,7 +145,7 @@ class SAKDStrategy(Strategy):
         logits = self.policy(t.pooled, s.pooled)
         noise = ddp.rank_share(lambda rows: gumbel_noise((rows, *logits.shape[1:]), self.generator, device,
                                                          logits.dtype), b)
-        return straight_through_gumbel_softmax(logits, float(self.opts["temperature"]), noise=noise)[..., 0]
+        return straight_through_gumbel_softmax(logits, self.options.temperature, noise=noise)[..., 0]
 
     def distil_masks(self, a: Tensor) -> Tensor:
         """Where the distillation losses apply [B, S] (bool): a = 1, or a = 0 for the reverse control."""
@@ -178,10 +179,10 @@ class SAKDStrategy(Strategy):
         first = self.spots[0]
         first_teacher = None if first.kind == "logits" else spot_feature(t, first, teacher=True)
         first_student = None
-        if self.opts["graft_bn"] == "batch" and first.kind != "logits":
+        if self.options.graft_bn == "batch" and first.kind != "logits":
             first_student = spot_feature(s, first, teacher=False).detach()
-        with frozen_bn_statistics(self.student, str(self.opts["graft_bn"])):
-            if first.kind == "logits" and self.opts["graft_bn"] == "batch":
+        with frozen_bn_statistics(self.student, self.options.graft_bn):
+            if first.kind == "logits" and self.options.graft_bn == "batch":
                 z = (1 - a[:, -1:]) * s.logits.detach().float() + a[:, -1:] * t.logits.float()
             elif first.kind == "logits":
                 z = (1 - a[:, -1:]) * self.student(x).float() + a[:, -1:] * t.logits.float()
@@ -243,7 +244,7 @@ class SAKDStrategy(Strategy):
         if self.ctx.skip_nonfinite and not ddp.all_finite(loss):  # one decision for every rank
             return
         loss.backward(inputs=params)
-        lr = float(optimizer.param_groups[0]["lr"]) * float(self.opts["policy_lr_ratio"])
+        lr = float(optimizer.param_groups[0]["lr"]) * self.options.policy_lr_ratio
         for group in self.policy_optimizer.param_groups:
             group["lr"] = lr
         self.policy_optimizer.step()
@@ -304,7 +305,7 @@ class SAKDStrategy(Strategy):
     def end_of_training(self) -> dict[str, Any]:
         """Per-class routing on the test split, saved as RUN_DIR/sakd_routing.json and in summary.json."""
         out: dict[str, Any] = {"sakd_spots": self.spot_names}
-        if not self.opts["per_class_routing"] or self.ctx.test_loader is None:
+        if not self.options.per_class_routing or self.ctx.test_loader is None:
             return out
         record = self.routing_per_class(self.ctx.test_loader)
         if record and self.ctx.run_dir is not None:

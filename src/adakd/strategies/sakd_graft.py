@@ -1,4 +1,4 @@
-"""SAKD's spots and its grafted two-column network (methods.md section 3).
+"""SAKD's spots and its grafted two-column network (docs/methods.md section 3).
 
 Spots are where a distiller reads the two models (found from its ``spot_features``): stage
 outputs, the pooled embedding, and always the logits, last. The policy is trained through a

@@ -1,4 +1,4 @@
-"""SAKD's routing policy: where to distil, per sample and per spot (methods.md section 3).
+"""SAKD's routing policy: where to distil, per sample and per spot (docs/methods.md section 3).
 
     logits = W [stopgrad(pooled_T), stopgrad(pooled_S)] + b           -> [B, S, 2]
     y      = hard Gumbel-softmax(logits, tau) with straight-through    -> one-hot forward, soft gradient

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from ..version import __version__
 from ..engine.checkpoint import atomic_write_text, load_weights
 from ..engine.components import load_student, resolve_checkpoint
-from ..errors import AdakdError, CheckpointError, ConfigError
+from ..errors import AdakdError, ConfigError
 from ..models import build_model
 
 #: format -> file suffix of the export

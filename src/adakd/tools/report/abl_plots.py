@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 from ...runtime.atomic import atomic_savefig
+from ...strategies.abl import GAMMA_TRACE
 from .plots import register_plotter, require_matplotlib
-
-GAMMA_TRACE = "abl_gamma.jsonl"  # written by adakd.strategies.abl (imports point downwards only)
 
 
 def read_gamma_trace(run_dir: Path) -> list[dict]:

@@ -1,5 +1,5 @@
-"""The ABL paper's analyses of a run (Zhang et al., "Adaptive Block-wise Learning for Knowledge
-Distillation", ICLR 2023 submission; papers/abl-adaptive-block-wise-learning.txt, Figs. 4 a/b and 5 b/c).
+"""The ABL paper's analyses of a run ("Adaptive Block-wise Learning for Knowledge Distillation",
+ICLR 2023 submission, Figs. 4 a/b and 5 b/c; docs/methods.md section 1).
 
 1. **Logit-correlation difference** (Fig. 4 a/b; the CRD/DKD papers' visualisation). For the N x C
    logits Z of a model on the test split, R[i, j] = corr(Z[:, i], Z[:, j]) (Pearson over samples;

@@ -1,6 +1,6 @@
 """Published CIFAR-100 top-1 (%) of the KD literature, as data, for ``adakd report`` to show beside ours.
 
-Sources (reference.md, methods.md):
+Sources (recipes and weights: docs/recipes.md; ABL: docs/methods.md section 1):
   * the CRD table (Tian et al., ICLR 2020): teacher, student and the classic methods; **last epoch**;
   * DKD rows from the DKD authors' mdistiller (Zhao et al., CVPR 2022): **best epoch, mean of 5 runs**;
   * ReviewKD rows from its paper (Chen et al., CVPR 2021);
