@@ -18,7 +18,7 @@ from adakd.models.foreign import load_foreign_state_dict, match_layout, to_refer
 
 #: one model per family (the reference code's names for each are checked in test_reference_weights.py)
 FAMILIES = ["resnet8", "resnet32x4", "wrn_16_2", "wrn_40_1", "ResNet50", "ResNet18", "vgg13", "MobileNetV2",
-            "ShuffleV1", "ShuffleV2", "mobilenetv2_tinyimagenet"]
+            "ShuffleV1", "ShuffleV2", "mobilenetv2_tinyimagenet", "MobileNetV1"]
 
 
 def randomised(name: str, seed: int = 0) -> torch.nn.Module:
