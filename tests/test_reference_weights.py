@@ -176,3 +176,17 @@ def test_a_file_of_another_architecture_names_the_closest_layout(tmp_path):
     msg = str(info.value)
     assert "closest is layout 'reference'" in msg and "62/62 keys fit" in msg
     assert "unexpected: layer1.1.conv1.weight (64, 64, 3, 3)" in msg
+
+
+def test_a_legacy_format_teacher_file_loads(tmp_path):
+    """CRD's teachers were saved in 2019 (PyTorch 1.0): the legacy, non-zip serialization, with the
+    optimizer's state and a tensor best_acc beside the weights; weights-only reading takes it."""
+    fixture = ARCHS["resnet8x4"]
+    sd = filled_state_dict(fixture["keys"])
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.05, momentum=0.9)
+    path = tmp_path / "ckpt_epoch_240.pth"
+    torch.save({"epoch": 240, "model": sd, "best_acc": torch.tensor(73.1), "optimizer": optimizer.state_dict()},
+               path, _use_new_zipfile_serialization=False)
+    model = adakd.build_model("resnet8x4", num_classes=100, weights=path).eval()
+    with torch.no_grad():
+        assert close(model(probe_input(32)), torch.tensor(fixture["logits"], dtype=torch.float64))
