@@ -94,9 +94,9 @@ def test_a_file_that_fits_nothing_names_the_closest_layout(tmp_path):
         adakd.build_model("resnet8", num_classes=100, weights=path)
     msg = str(info.value)
     assert msg.count("closest") == 1 and "layout 'reference'" in msg
-    assert "fc.weight file (10, 64) vs model (100, 64)" in msg
-    assert "missing: layer3.0.downsample.1.running_mean (64,)" in msg
-    assert "unexpected: extra.weight (2,)" in msg
+    assert "1 shape mismatches: fc.weight file (10, 64) vs model (100, 64)" in msg
+    assert "1 missing: layer3.0.downsample.1.running_mean (64,)" in msg
+    assert "1 unexpected: extra.weight (2,)" in msg
     with pytest.raises(ConfigError, match="has no 'torchvision' weights layout"):
         load_model_weights(build_model("resnet8"), path, "torchvision")
 
