@@ -12,13 +12,17 @@ Each cell is mean ± sample std over the row's seeds (as the main table).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from .table import Row, Stats, _read_json
+from ...engine.run_dir import RunDir
+from .stats import Stats
+
+if TYPE_CHECKING:
+    from .table import Row
 
 
 def _summary(run_dir: Path) -> dict[str, Any]:
-    return _read_json(run_dir / "summary.json")
+    return RunDir(run_dir).read_summary() or {}
 
 
 def _columns(vectors: Sequence[Sequence[float]]) -> list[Stats]:

@@ -30,6 +30,7 @@ import yaml
 
 from ...errors import ConfigError
 from .published import Published, lookup
+from .stats import Stats
 
 SCRATCH = "scratch"
 STANDARD = "standard"
@@ -52,22 +53,6 @@ class RunRecord:
     last_top1: float
     train_seconds: float
     teacher_top1: float | None
-
-
-@dataclass
-class Stats:
-    n: int
-    mean: float
-    std: float | None  # sample std (n - 1); None for n = 1
-
-    @classmethod
-    def of(cls, values: Iterable[float]) -> "Stats":
-        xs = [v for v in values if v is not None and math.isfinite(v)]
-        if not xs:
-            return cls(0, math.nan, None)
-        mean = sum(xs) / len(xs)
-        std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None
-        return cls(len(xs), mean, std)
 
 
 @dataclass
