@@ -103,107 +103,11 @@ class Trainer:
         self._claim: resume.RunDirClaim | None = None  # rank 0's hold of the run directory while run() works
         self._setup_done = False
 
+    # the run's parts as trainer.<name> (RunParts), for the loop and for callbacks
     dist, run_dir, device, data, steps_per_epoch = (_part(n) for n in (
         "dist", "run_dir", "device", "data", "steps_per_epoch"))
     student, teacher, distiller, strategy, phases, precision, channels_last = (_part(n) for n in (
         "student", "teacher", "distiller", "strategy", "phases", "precision", "channels_last"))
-
-    def _log(self, msg: str) -> None:
-        self._print(msg)
-        if self._logger is not None:
-            self._logger.info(msg)
-
-    # ------------------------------------------------------------------ setup
-    def setup(self) -> RunParts:
-        """Build the run's parts on every rank (rank 0 claims the run directory and decides for all)."""
-        cfg = self.cfg
-        dist = ddp.init_distributed(resolve_device(cfg.device)) if self._distributed else ddp.SINGLE
-        if not dist.is_main:  # only rank 0 prints and writes
-            self._print = lambda msg: None
-        # resume: auto (and torchrun restarts): rank 0 decides from the run directory, every rank follows
-        self.cfg = cfg = ddp.run_on_main(lambda: resume.resolve_auto_resume(cfg, self.allow_changes, self._print))
-        path = ddp.run_on_main(lambda: self._claim_run_dir(cfg))
-        run_dir = RunDir(path) if dist.is_main else ranks.follower_run_dir(path)
-        self._logger = run_dir.logger()
-        self.parts = build_parts(cfg, dist, run_dir, self._log, self._train_recipe)
-        own = [TensorBoardWriter()] if cfg.train.tensorboard else []
-        self.callbacks = CallbackList([*own, *self._user_callbacks], is_main=dist.is_main)
-        self.callbacks.on_setup(self)
-        return self.parts
-
-    def _claim_run_dir(self, cfg: RunConfig) -> str:
-        """Rank 0: :func:`.resume.claim_run_dir`, held until run() ends; returns the directory for every rank."""
-        self._claim = resume.claim_run_dir(cfg, self.allow_changes, dump_config(cfg), self._print)
-        return str(self._claim.path)
-
-    def _train_recipe(self, cfg: RunConfig) -> object:
-        """Train a teacher recipe in this process alone (rank 0 of a job; the other ranks wait)."""
-        with ddp.local_only():
-            return Trainer(cfg, self._print, distributed=False).run()
-
-    def _save(self, path: Path, payload: dict[str, Any]) -> None:
-        """save_checkpoint on rank 0 only; ``last.pt``'s previous version stays as ``last.prev.pt``."""
-        if self.dist.is_main:
-            save_checkpoint(path, payload, keep_previous=path == self.run_dir.last_checkpoint)
-        self.callbacks.on_checkpoint(self, path)
-
-    # ------------------------------------------------------------------ state
-    def _phase_optimizer(self, phase: Phase) -> PhaseOptimizer:
-        ocfg = self.cfg.train.optimizer
-        lr = ocfg.lr
-        if ocfg.lr_reference_batch:
-            lr *= self.cfg.data.batch_size * self.dist.world_size / ocfg.lr_reference_batch  # global batch
-        optimizer = build_phase_optimizer(phase, ocfg, lr, self.device)
-        if phase.forward is not None and self.dist.active:  # one DDP per phase, for its duration (see _run_phase)
-            phase.forward.wrap(lambda module, unused: ddp.wrap_ddp(module, self.device, unused))
-        if phase.forward is None or not phase.forward.wrapped:  # DDP averages in the backward; others here
-            optimizer = ddp.sync_gradients(optimizer)
-        sched_cfg = self.cfg.train.schedule
-        if phase.schedule == "constant":
-            sched_cfg = sched_cfg.model_copy(update={"name": "constant", "warmup_epochs": 0.0})
-        schedule = StepSchedule(optimizer, sched_cfg, phase.epochs, self.steps_per_epoch)
-        return PhaseOptimizer(optimizer, schedule, GradGuard(optimizer, skip=self.cfg.train.on_nonfinite == "skip"))
-
-    def _state(self, phase_index: int, epoch: int, step: int, optimizer: torch.optim.Optimizer,
-               acc: EpochAccumulator | None, position: int) -> dict[str, Any]:
-        return {
-            "kind": "training-state",
-            "phase_index": phase_index,
-            "phase": self.phases[phase_index].name,
-            "epoch": epoch,  # epochs completed in this phase
-            "step": step,  # steps completed in this phase
-            "position": position,  # steps completed within the current epoch (0 at epoch ends)
-            "model": self.student.state_dict(),
-            "distiller": None if self.distiller is None else self.distiller.state_dict(),
-            "strategy": self.strategy.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "loader": self.data.train.state_dict(),
-            "rng": rng_state(),
-            "accumulator": accumulator_state(acc),
-            "best": self.totals.best,
-            "train_seconds": self.totals.train_seconds,
-            "train_samples": self.totals.train_samples,
-            "meta": self.meta(),
-        }
-
-    def meta(self) -> dict[str, Any]:
-        """What is needed to rebuild the student from a checkpoint alone (``adakd eval ckpt.pt``)."""
-        info = self.data.info
-        return {"model": self.cfg.student.name, "kwargs": self.cfg.student.kwargs,
-                "num_classes": info.num_classes, "in_channels": info.in_channels, "image_size": info.image_size,
-                "mean": list(info.mean), "std": list(info.std),  # the input normalisation (adakd export)
-                "data": self.cfg.data.model_dump(mode="json")}
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        if state.get("kind") != "training-state":
-            raise CheckpointError(f"{self.run_dir.last_checkpoint} is not a training state; cannot resume from it.")
-        load_weights(self.student, state["model"], "the resumed checkpoint's student")
-        if self.distiller is not None and state["distiller"] is not None:
-            self.distiller.load_state_dict(state["distiller"])
-        self.strategy.load_state_dict(state["strategy"])
-        self.totals.best = state["best"]
-        self.totals.train_seconds = state["train_seconds"]
-        self.totals.train_samples = state["train_samples"]
 
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any]:
@@ -287,9 +191,6 @@ class Trainer:
         if phase.forward is not None:  # drop the phase's DDP: its gradient hooks on modules a later phase trains
             phase.forward.unwrap()
 
-    def _global_epoch(self, phase_index: int, epoch: int) -> int:
-        return sum(p.epochs for p in self.phases[:phase_index]) + epoch
-
     def _run_epoch(self, index: int, phase: Phase, epoch: int, step: int, position: int, opt: PhaseOptimizer,
                    acc: EpochAccumulator, stop: StopFlag) -> int:
         cfg, totals = self.cfg, self.totals
@@ -353,14 +254,6 @@ class Trainer:
         nonfinite.check_steps(acc, None, phase.name, epoch, self._nonfinite_advice)
         return step
 
-    def _nonfinite_advice(self) -> str:
-        return nonfinite.advice_for(self.run_dir.last_checkpoint, self.dist.is_main, self.precision)
-
-    def _trained_modules(self) -> list[nn.Module]:
-        """Student, distiller and every phase's modules (heads, connectors): what a checkpoint holds."""
-        return [self.student, *([self.distiller] if self.distiller is not None else []),
-                *(m for p in self.phases for m in p.modules)]
-
     def _end_epoch(self, index: int, phase: Phase, epoch: int, step: int, opt: PhaseOptimizer,
                    acc: EpochAccumulator) -> None:
         cfg, totals = self.cfg, self.totals
@@ -396,14 +289,6 @@ class Trainer:
             msg += f" test {record['test_top1']:.2f}% (top-5 {record['test_top5']:.2f}%)"
         self._log(msg)
 
-    def _progress(self, total: int, initial: int, desc: str):
-        if not self.cfg.progress or not sys.stderr.isatty():
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
-
-    # ------------------------------------------------------------------ end
     def finish(self, final: bool) -> dict[str, Any]:
         parts, totals = self.parts, self.totals
         last = None
@@ -451,6 +336,122 @@ class Trainer:
                   f"last {summary['last_top1']:.2f}%, {summary['train_seconds']:.0f} s, "
                   f"{summary['images_per_second']:.0f} img/s -> {self.run_dir.path}")
         return summary
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> RunParts:
+        """Build the run's parts on every rank (rank 0 claims the run directory and decides for all)."""
+        cfg = self.cfg
+        dist = ddp.init_distributed(resolve_device(cfg.device)) if self._distributed else ddp.SINGLE
+        if not dist.is_main:  # only rank 0 prints and writes
+            self._print = lambda msg: None
+        # resume: auto (and torchrun restarts): rank 0 decides from the run directory, every rank follows
+        self.cfg = cfg = ddp.run_on_main(lambda: resume.resolve_auto_resume(cfg, self.allow_changes, self._print))
+        path = ddp.run_on_main(lambda: self._claim_run_dir(cfg))
+        run_dir = RunDir(path) if dist.is_main else ranks.follower_run_dir(path)
+        self._logger = run_dir.logger()
+        self.parts = build_parts(cfg, dist, run_dir, self._log, self._train_recipe)
+        own = [TensorBoardWriter()] if cfg.train.tensorboard else []
+        self.callbacks = CallbackList([*own, *self._user_callbacks], is_main=dist.is_main)
+        self.callbacks.on_setup(self)
+        return self.parts
+
+    def _claim_run_dir(self, cfg: RunConfig) -> str:
+        """Rank 0: :func:`.resume.claim_run_dir`, held until run() ends; returns the directory for every rank."""
+        self._claim = resume.claim_run_dir(cfg, self.allow_changes, dump_config(cfg), self._print)
+        return str(self._claim.path)
+
+    def _train_recipe(self, cfg: RunConfig) -> object:
+        """Train a teacher recipe in this process alone (rank 0 of a job; the other ranks wait)."""
+        with ddp.local_only():
+            return Trainer(cfg, self._print, distributed=False).run()
+
+    # ------------------------------------------------------------------ parts of the loop
+    def _phase_optimizer(self, phase: Phase) -> PhaseOptimizer:
+        ocfg = self.cfg.train.optimizer
+        lr = ocfg.lr
+        if ocfg.lr_reference_batch:
+            lr *= self.cfg.data.batch_size * self.dist.world_size / ocfg.lr_reference_batch  # global batch
+        optimizer = build_phase_optimizer(phase, ocfg, lr, self.device)
+        if phase.forward is not None and self.dist.active:  # one DDP per phase, for its duration (see _run_phase)
+            phase.forward.wrap(lambda module, unused: ddp.wrap_ddp(module, self.device, unused))
+        if phase.forward is None or not phase.forward.wrapped:  # DDP averages in the backward; others here
+            optimizer = ddp.sync_gradients(optimizer)
+        sched_cfg = self.cfg.train.schedule
+        if phase.schedule == "constant":
+            sched_cfg = sched_cfg.model_copy(update={"name": "constant", "warmup_epochs": 0.0})
+        schedule = StepSchedule(optimizer, sched_cfg, phase.epochs, self.steps_per_epoch)
+        return PhaseOptimizer(optimizer, schedule, GradGuard(optimizer, skip=self.cfg.train.on_nonfinite == "skip"))
+
+    def _global_epoch(self, phase_index: int, epoch: int) -> int:
+        return sum(p.epochs for p in self.phases[:phase_index]) + epoch
+
+    def _nonfinite_advice(self) -> str:
+        return nonfinite.advice_for(self.run_dir.last_checkpoint, self.dist.is_main, self.precision)
+
+    def _trained_modules(self) -> list[nn.Module]:
+        """Student, distiller and every phase's modules (heads, connectors): what a checkpoint holds."""
+        return [self.student, *([self.distiller] if self.distiller is not None else []),
+                *(m for p in self.phases for m in p.modules)]
+
+    def _progress(self, total: int, initial: int, desc: str):
+        if not self.cfg.progress or not sys.stderr.isatty():
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
+
+    def _log(self, msg: str) -> None:
+        self._print(msg)
+        if self._logger is not None:
+            self._logger.info(msg)
+
+    def _save(self, path: Path, payload: dict[str, Any]) -> None:
+        """save_checkpoint on rank 0 only; ``last.pt``'s previous version stays as ``last.prev.pt``."""
+        if self.dist.is_main:
+            save_checkpoint(path, payload, keep_previous=path == self.run_dir.last_checkpoint)
+        self.callbacks.on_checkpoint(self, path)
+
+    # ------------------------------------------------------------------ state
+    def _state(self, phase_index: int, epoch: int, step: int, optimizer: torch.optim.Optimizer,
+               acc: EpochAccumulator | None, position: int) -> dict[str, Any]:
+        return {
+            "kind": "training-state",
+            "phase_index": phase_index,
+            "phase": self.phases[phase_index].name,
+            "epoch": epoch,  # epochs completed in this phase
+            "step": step,  # steps completed in this phase
+            "position": position,  # steps completed within the current epoch (0 at epoch ends)
+            "model": self.student.state_dict(),
+            "distiller": None if self.distiller is None else self.distiller.state_dict(),
+            "strategy": self.strategy.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "loader": self.data.train.state_dict(),
+            "rng": rng_state(),
+            "accumulator": accumulator_state(acc),
+            "best": self.totals.best,
+            "train_seconds": self.totals.train_seconds,
+            "train_samples": self.totals.train_samples,
+            "meta": self.meta(),
+        }
+
+    def meta(self) -> dict[str, Any]:
+        """What is needed to rebuild the student from a checkpoint alone (``adakd eval ckpt.pt``)."""
+        info = self.data.info
+        return {"model": self.cfg.student.name, "kwargs": self.cfg.student.kwargs,
+                "num_classes": info.num_classes, "in_channels": info.in_channels, "image_size": info.image_size,
+                "mean": list(info.mean), "std": list(info.std),  # the input normalisation (adakd export)
+                "data": self.cfg.data.model_dump(mode="json")}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != "training-state":
+            raise CheckpointError(f"{self.run_dir.last_checkpoint} is not a training state; cannot resume from it.")
+        load_weights(self.student, state["model"], "the resumed checkpoint's student")
+        if self.distiller is not None and state["distiller"] is not None:
+            self.distiller.load_state_dict(state["distiller"])
+        self.strategy.load_state_dict(state["strategy"])
+        self.totals.best = state["best"]
+        self.totals.train_seconds = state["train_seconds"]
+        self.totals.train_samples = state["train_samples"]
 
 
 def train(cfg: RunConfig, log: Callable[[str], None] | None = None,
