@@ -71,7 +71,7 @@ def test_cli_bench_reports_the_json_fields(tmp_path, capsys, monkeypatch):
 
 def test_bench_times_every_candidate_beside_the_probes_pick(monkeypatch, capsys):
     from adakd.tools.bench import format_table
-    from adakd.engine import probe
+    from adakd.runtime import timing
 
     monkeypatch.delenv("ADAKD_PRECISION", raising=False)
     monkeypatch.delenv("ADAKD_CHANNELS_LAST", raising=False)
@@ -88,7 +88,7 @@ def test_bench_times_every_candidate_beside_the_probes_pick(monkeypatch, capsys)
     result = run_bench(settings)
     (record,) = result["results"]
     assert calls == [["fp32 NCHW", "fp32 CL", "bf16 NCHW", "bf16 CL"]]  # the probe, never its cache
-    assert not probe.cache_dir().exists()
+    assert not timing.cache_dir().exists()
     assert record["fast_path"]["precision"] == "bf16" and record["fast_path"]["channels_last"] is True
     assert record["fast_path"]["probe_step_ms"] == {"fp32 NCHW": 1000, "fp32 CL": 1000, "bf16 NCHW": 1000, "bf16 CL": 500}
     paths = record["paths"]

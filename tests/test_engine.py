@@ -170,3 +170,30 @@ def test_a_run_directory_is_held_by_one_process(tmp_path):
     lock = RunDirLock(tmp_path).acquire()  # a killed holder leaves no stale lock
     lock.release()
     RunDirLock(tmp_path).acquire().release()  # and a released one can be taken again
+
+
+def test_the_trainer_sets_its_attributes_in_init_only():
+    """Every ``self.<name> = ...`` of ``Trainer`` names an attribute that ``__init__`` sets (no attribute
+    appears later, so nothing needs hasattr/getattr guards), and the trainer has no such guards."""
+    import ast
+    import re
+    from pathlib import Path
+
+    import adakd.engine.trainer as module
+
+    source = Path(module.__file__).read_text()
+    (cls,) = [n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == "Trainer"]
+
+    def assigned(fn: ast.AST) -> set[str]:
+        targets = [t for n in ast.walk(fn) if isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign))
+                   for t in (n.targets if isinstance(n, ast.Assign) else [n.target])]
+        flat = [e for t in targets for e in (t.elts if isinstance(t, ast.Tuple) else [t])]
+        return {e.attr for e in flat if isinstance(e, ast.Attribute) and isinstance(e.value, ast.Name)
+                and e.value.id == "self"}
+
+    methods = {f.name: f for f in cls.body if isinstance(f, ast.FunctionDef)}
+    in_init = assigned(methods["__init__"])
+    later = {name: assigned(f) - in_init for name, f in methods.items() if name != "__init__"}
+    assert not any(later.values()), f"attributes first set outside Trainer.__init__: {later}"
+    assert {"parts", "totals", "callbacks", "cfg"} <= in_init
+    assert not re.search(r"\b(hasattr|getattr)\(self,", source)

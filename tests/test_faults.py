@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from adakd.engine.checkpoint import load_checkpoint
-from adakd.engine.trainer import _StopFlag
+from adakd.runtime.signals import StopFlag
 
 #: Records that legitimately differ between an interrupted and an uninterrupted run (wall-clock time).
 TIME_KEYS = {"train_seconds", "seconds", "images_per_second"}
@@ -180,12 +180,12 @@ def test_sigkill_during_checkpoint_write_leaves_old_or_new(tmp_path):
 
 
 def test_stop_flag_turns_sigint_and_sigterm_into_a_flag():
-    with _StopFlag() as flag:
+    with StopFlag() as flag:
         os.kill(os.getpid(), signal.SIGINT)
         assert flag.signum == signal.SIGINT
         with pytest.raises(KeyboardInterrupt):  # a second signal: stop at once
             os.kill(os.getpid(), signal.SIGTERM)
-    with _StopFlag() as flag:
+    with StopFlag() as flag:
         os.kill(os.getpid(), signal.SIGTERM)
         assert flag.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))

@@ -1,8 +1,12 @@
-"""The layer rule of the README's architecture screen: imports point downwards only.
+"""The layer rule of the README's architecture screen: imports point downwards only; and no import cycles.
 
 Every ``import`` in src/adakd (module level and inside functions) is resolved to the adakd package it
 names; a module may import from its own package and from the layers below its own, never above and
-never a sibling of the same layer. The test fails on any upward arrow, naming file, line and target."""
+never a sibling of the same layer. The test fails on any upward arrow, naming file, line and target.
+
+Inside a package the modules' imports form no cycle either (module level and inside functions alike;
+imports under ``if TYPE_CHECKING:`` only serve annotations and are left out): a cycle is reported as
+the chain of modules, each importing the next."""
 from __future__ import annotations
 
 import ast
@@ -48,13 +52,34 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def imported_modules(path: Path) -> list[tuple[int, str]]:
-    """(line, absolute module) of every adakd import in ``path``."""
+def _is_type_checking(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:`` or ``if typing.TYPE_CHECKING:``."""
+    test = node.test if isinstance(node, ast.If) else None
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _nodes(tree: ast.AST, type_checking: bool) -> list[ast.AST]:
+    """Every node of ``tree``; without ``type_checking``, not those inside an ``if TYPE_CHECKING:`` body."""
+    out, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        if not type_checking and _is_type_checking(node):
+            todo += [node.test, *node.orelse]
+        else:
+            todo += list(ast.iter_child_nodes(node))
+    return out
+
+
+def imported_modules(path: Path, type_checking: bool = True) -> list[tuple[int, str]]:
+    """(line, absolute module) of every adakd import in ``path`` (``type_checking``: also those under
+    ``if TYPE_CHECKING:``)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     here = module_name(path)
     package = here if path.name == "__init__.py" else here.rpartition(".")[0]
     out = []
-    for node in ast.walk(tree):
+    for node in sorted(_nodes(tree, type_checking), key=lambda n: getattr(n, "lineno", 0)):
         if isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "adakd"]
         elif isinstance(node, ast.ImportFrom):
@@ -114,3 +139,81 @@ def test_the_rule_catches_an_upward_import(tmp_path, monkeypatch):
 def test_every_package_is_placed(layer):
     for name in LAYERS[layer]:
         assert (SRC / name).is_dir() or (SRC / f"{name}.py").is_file(), f"LAYERS names a missing {name}"
+
+
+# ------------------------------------------------------------------ cycles inside a package
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the adakd modules it imports at run time (``if TYPE_CHECKING:`` imports left out). A name
+    imported from a package (``from ..strategies import Phase``) is an edge to the package's ``__init__``."""
+    modules = {module_name(path): path for path in sorted(SRC.rglob("*.py"))}
+    return {name: {target for _, target in imported_modules(path, type_checking=False)
+                   if target in modules and target != name} for name, path in modules.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle (``[a, b, ..., a]``, each importing the next) per strongly connected group of modules of
+    more than one member (Tarjan's algorithm, then a shortest path back to the group's first module)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    out = []
+    for group in groups:
+        start, members = group[0], set(group)
+        paths = {w: [start, w] for w in sorted(graph[start]) if w in members}
+        frontier = list(paths)
+        while start not in paths:  # breadth first: the shortest way back to start
+            nxt = []
+            for v in frontier:
+                for w in sorted(graph[v]):
+                    if w in members and w not in paths:
+                        paths[w] = paths[v] + [w]
+                        nxt.append(w)
+            frontier = nxt
+        out.append(paths[start])
+    return sorted(out)
+
+
+def test_no_import_cycle_inside_a_package():
+    found = cycles(import_graph())
+    assert not found, "import cycles (each module imports the next):\n" + "\n".join(" -> ".join(c) for c in found)
+
+
+def test_the_cycle_check_names_a_cycle_and_ignores_type_checking_imports(tmp_path, monkeypatch):
+    """The checker itself: a <-> b through a function-local import is one cycle; c -> a under
+    ``if TYPE_CHECKING:`` is none."""
+    pkg = tmp_path / "adakd" / "engine"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from .b import x\n")
+    (pkg / "b.py").write_text("def f():\n    from .a import y\n")
+    (pkg / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import y\n"
+                              "else:\n    from . import d\n")
+    (pkg / "d.py").write_text("from .c import z\n")
+    monkeypatch.setattr(__import__(__name__), "SRC", tmp_path / "adakd")
+    assert cycles(import_graph()) == [["adakd.engine.a", "adakd.engine.b", "adakd.engine.a"],
+                                      ["adakd.engine.c", "adakd.engine.d", "adakd.engine.c"]]

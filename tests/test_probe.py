@@ -1,4 +1,4 @@
-"""The fast-path probe (engine/probe.py): the choice rule on injected timings, the cache (written,
+"""The fast-path probe (runtime/timing.py, engine/probe.py): the choice rule on injected timings, the cache (written,
 reused, keyed), the environment override, explicit config values, and a real probe that leaves the
 run's weights and RNG streams as they were."""
 from __future__ import annotations
@@ -13,7 +13,8 @@ import torch
 
 from adakd.config import validate
 from adakd.engine import probe
-from adakd.engine.probe import Candidate, candidates, choose, resolve_fast_path
+from adakd.runtime import timing
+from adakd.runtime.timing import Candidate, candidates, choose, resolve_fast_path
 from adakd.errors import ConfigError
 from adakd.models import build_model
 
@@ -25,8 +26,8 @@ F32, F32_CL, BF16, BF16_CL = Candidate("fp32", False), Candidate("fp32", True), 
 @pytest.fixture(autouse=True)
 def _no_override(tmp_path, monkeypatch):
     """Each test probes unless it sets the override itself, into its own cache."""
-    monkeypatch.delenv(probe.PRECISION_ENV, raising=False)
-    monkeypatch.delenv(probe.CHANNELS_LAST_ENV, raising=False)
+    monkeypatch.delenv(timing.PRECISION_ENV, raising=False)
+    monkeypatch.delenv(timing.CHANNELS_LAST_ENV, raising=False)
     monkeypatch.setenv("ADAKD_CACHE", str(tmp_path / "cache"))
 
 
@@ -96,34 +97,34 @@ def test_a_probe_timed_on_a_busy_machine_is_timed_again_once_it_is_calm(tmp_path
     faster when quiet), so a probe stored with > BUSY_LOAD threads per core is not reused on a calm machine."""
     timer = FakeTimer(fp32_NCHW=310, fp32_CL=290, bf16_NCHW=120, bf16_CL=95)
     key = {"device": "cpu model", "batch_size": 64}
-    monkeypatch.setattr(probe, "load_average", lambda: 4.0)
+    monkeypatch.setattr(timing, "load_average", lambda: 4.0)
     first = resolve_fast_path("auto", "auto", CPU, timer, key)
     assert json.loads(Path(first.cache_path).read_text())["load"] == 4.0
     assert resolve_fast_path("auto", "auto", CPU, timer, key).source == "cache" and timer.calls == 1  # still busy
-    monkeypatch.setattr(probe, "load_average", lambda: 0.5)
+    monkeypatch.setattr(timing, "load_average", lambda: 0.5)
     assert resolve_fast_path("auto", "auto", CPU, timer, key).source == "probe" and timer.calls == 2  # calm: again
     assert resolve_fast_path("auto", "auto", CPU, timer, key).source == "cache" and timer.calls == 2  # calm record
-    assert probe.busy_then_calm_now(None, now=0.1) is False  # records without a load (older, or no getloadavg)
-    assert probe.busy_then_calm_now(1.4, now=0.1) is False and probe.busy_then_calm_now(3.0, now=1.6) is False
+    assert timing.busy_then_calm_now(None, now=0.1) is False  # records without a load (older, or no getloadavg)
+    assert timing.busy_then_calm_now(1.4, now=0.1) is False and timing.busy_then_calm_now(3.0, now=1.6) is False
 
 
 def test_environment_override_skips_the_probe_and_config_values_win(monkeypatch):
     def must_not_time(options):
         raise AssertionError("probed")
 
-    monkeypatch.setenv(probe.PRECISION_ENV, "fp32")
+    monkeypatch.setenv(timing.PRECISION_ENV, "fp32")
     got = resolve_fast_path("auto", "auto", CPU, must_not_time, {"k": 1})
     assert (got.precision, got.channels_last, got.source) == ("fp32", False, "env") and got.record() is None
-    monkeypatch.setenv(probe.PRECISION_ENV, "bf16")
+    monkeypatch.setenv(timing.PRECISION_ENV, "bf16")
     got = resolve_fast_path("auto", "auto", CPU, must_not_time)
     assert (got.precision, got.channels_last) == ("bf16", True)  # channels_last auto follows bf16
-    monkeypatch.setenv(probe.CHANNELS_LAST_ENV, "0")
+    monkeypatch.setenv(timing.CHANNELS_LAST_ENV, "0")
     assert resolve_fast_path("auto", "auto", CPU, must_not_time).channels_last is False
     # explicit config values are never changed by the environment, and never probed
     got = resolve_fast_path("fp32", True, CPU, must_not_time)
     assert (got.precision, got.channels_last, got.source) == ("fp32", True, "config")
-    monkeypatch.delenv(probe.PRECISION_ENV)
-    monkeypatch.setenv(probe.CHANNELS_LAST_ENV, "1")
+    monkeypatch.delenv(timing.PRECISION_ENV)
+    monkeypatch.setenv(timing.CHANNELS_LAST_ENV, "1")
     assert resolve_fast_path("fp32", False, CPU, must_not_time).channels_last is False
     assert resolve_fast_path("bf16", "auto", CPU, must_not_time).channels_last is True
     # ADAKD_CHANNELS_LAST alone fixes the layout; the precisions are still timed
@@ -132,7 +133,7 @@ def test_environment_override_skips_the_probe_and_config_values_win(monkeypatch)
     assert (got.precision, got.channels_last, timer.calls) == ("bf16", True, 1)
 
 
-@pytest.mark.parametrize("name, value", [(probe.PRECISION_ENV, "fp16"), (probe.CHANNELS_LAST_ENV, "yes")])
+@pytest.mark.parametrize("name, value", [(timing.PRECISION_ENV, "fp16"), (timing.CHANNELS_LAST_ENV, "yes")])
 def test_a_bad_override_is_one_clear_error(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=name):
@@ -156,7 +157,7 @@ def test_a_real_probe_leaves_the_models_and_every_rng_as_they_were():
     rng = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
     build = probe.strategy_step_builder(cfg, student, teacher, CPU, num_classes=10, image_shape=(1, 16, 16),
                                         num_train=100, steps_per_epoch=10)
-    result = probe.time_steps(build, candidates("auto", "auto", CPU), budget_s=0.2)
+    result = timing.time_steps(build, candidates("auto", "auto", CPU), budget_s=0.2)
     assert list(result) == [F32, F32_CL, BF16, BF16_CL] and all(0 < s < 5 for s in result.values())
     assert random.getstate() == rng[0] and np.array_equal(np.random.get_state()[1], rng[1])
     assert torch.equal(torch.get_rng_state(), rng[2])
@@ -178,17 +179,17 @@ def test_time_steps_drops_far_slower_candidates_after_one_round_but_keeps_the_re
             clock[0] += cost[c]
         return step
 
-    got = probe.time_steps(build, [F32, F32_CL, BF16], budget_s=100.0, clock=lambda: clock[0])
+    got = timing.time_steps(build, [F32, F32_CL, BF16], budget_s=100.0, clock=lambda: clock[0])
     assert got == {F32: 3.0, F32_CL: 1.0, BF16: 10.0}
-    warm = probe.WARMUP_STEPS
-    assert runs[BF16] == warm + 1 and runs[F32] == runs[F32_CL] > warm + probe.MIN_ROUNDS  # the reference stays
+    warm = timing.WARMUP_STEPS
+    assert runs[BF16] == warm + 1 and runs[F32] == runs[F32_CL] > warm + timing.MIN_ROUNDS  # the reference stays
     # the budget ends the rounds, but only after MIN_ROUNDS
     runs.update({c: 0 for c in runs})
-    probe.time_steps(build, [F32, F32_CL], budget_s=0.0, clock=lambda: clock[0])
-    assert runs[F32] == warm + probe.MIN_ROUNDS
+    timing.time_steps(build, [F32, F32_CL], budget_s=0.0, clock=lambda: clock[0])
+    assert runs[F32] == warm + timing.MIN_ROUNDS
     # steps so slow that the probe is past max_s: one warm-up and one timed step each
     runs.update({c: 0 for c in runs})
-    got = probe.time_steps(build, [F32, BF16], budget_s=0.0, clock=lambda: clock[0], max_s=1.0)
+    got = timing.time_steps(build, [F32, BF16], budget_s=0.0, clock=lambda: clock[0], max_s=1.0)
     assert runs == {F32: 2, F32_CL: 0, BF16: 2} and got == {F32: 3.0, BF16: 10.0}
 
 

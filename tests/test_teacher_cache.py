@@ -17,6 +17,7 @@ from adakd.engine import teacher_cache as tc
 from adakd.engine.callbacks import Callback
 from adakd.engine.checkpoint import save_checkpoint
 from adakd.engine.trainer import train
+from adakd.tools.cache import build_for_config, describe
 from adakd.errors import CacheError
 from adakd.models import build_model
 from tiny_runs import apply_dotted
@@ -146,7 +147,7 @@ def test_cache_is_shared_refused_when_foreign_and_fallback_is_said(tmp_path, fmn
     _run(_cfg(tmp_path, fmnist_root, ckpt, name="b", seed=1, losses={"dkd": {}},
               **{"teacher.cache": "auto", "teacher.cache_views": 3, "train.epochs": 1}), logs)
     assert not any("building" in m for m in logs) and any(str(path) in m for m in logs)
-    info = tc.describe(path)
+    info = describe(path)
     assert info["complete"] and info["views_built"] == 3 and not info["corrupt_files"]
     # the same PATH for other weights / data: one clear refusal
     other = _teacher_checkpoint(tmp_path, seed=1)
@@ -170,15 +171,15 @@ def test_killed_build_resumes_and_corruption_is_caught(tmp_path, fmnist_root, on
     cfg = validate(_cfg(tmp_path, fmnist_root, ckpt, **{"teacher.cache": str(tmp_path / "cache"),
                                                         "teacher.cache_views": 4}))
     logs: list[str] = []
-    path = tc.build_for_config(cfg, log=logs.append, stop_after=2)  # "killed" after two views
-    assert tc.describe(path)["views_built"] == 2
+    path = build_for_config(cfg, log=logs.append, stop_after=2)  # "killed" after two views
+    assert describe(path)["views_built"] == 2
     with pytest.raises(CacheError, match="incomplete.*resumes"):
         tc.TeacherCache(path, _spec_of(path))
     first = (path / "logits-00000.npy").stat().st_mtime_ns
     logs.clear()
-    tc.build_for_config(cfg, log=logs.append)  # resumes: views 2 and 3 only
+    build_for_config(cfg, log=logs.append)  # resumes: views 2 and 3 only
     assert sum("built" in m for m in logs) == 2 and (path / "logits-00000.npy").stat().st_mtime_ns == first
-    assert tc.describe(path)["complete"]
+    assert describe(path)["complete"]
     from adakd.cli import main
 
     assert main(["cache", "info", str(path)]) == 0
@@ -186,7 +187,7 @@ def test_killed_build_resumes_and_corruption_is_caught(tmp_path, fmnist_root, on
     data = bytearray((path / "logits-00002.npy").read_bytes())
     data[-3] ^= 0x40
     (path / "logits-00002.npy").write_bytes(bytes(data))
-    assert tc.describe(path)["corrupt_files"] == ["logits-00002.npy"]
+    assert describe(path)["corrupt_files"] == ["logits-00002.npy"]
     assert main(["cache", "info", str(path), "--json"]) == 1
     with pytest.raises(CacheError, match="logits-00002.npy fails its sha256 checksum"):
         _run(_cfg(tmp_path, fmnist_root, ckpt, **{"teacher.cache": str(path), "teacher.cache_views": 4}))

@@ -295,27 +295,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from .engine.teacher_cache import build_for_config, describe
+    from .tools.cache import cache_command
 
-    if args.cache_command == "build":
-        from .config import load_config
-
-        path = build_for_config(load_config(args.config, list(args.overrides)),
-                                log=lambda m: print(m, file=sys.stderr, flush=True))
-        print(path)
-        return 0
-    info = describe(args.path)
-    if args.json:
-        print(json.dumps(info, indent=2))
-    else:
-        storage = info["storage"]
-        print(f"{info['path']}\n  key {info['key']}\n  teacher {info['teacher']['name']} (weights sha256 "
-              f"{info['teacher']['weights'][:12]})\n  data {info['data']['config'].get('name')} "
-              f"({info['data']['rows']} rows), augmentation {info['augmentation']}\n  views {info['views_built']}/"
-              f"{info['views']} built, {storage['dtype']}{', top-%d' % storage['topk'] if storage['topk'] else ''}, "
-              f"{info['bytes'] / 2**20:.1f} MiB\n  checksums: "
-              + ("all files verify" if not info["corrupt_files"] else "CORRUPT " + ", ".join(info["corrupt_files"])))
-    return 1 if info["corrupt_files"] else 0
+    return cache_command(args)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

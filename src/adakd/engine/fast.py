@@ -21,7 +21,7 @@ CUDA graphs                   ``train.compile_mode=auto`` -> ``reduce-overhead``
 optimiser kernels             foreach (``engine/optim.py``); fused on CUDA                 always
                               (:func:`prefer_fused`)
 no host sync per step         losses and accuracy summed on the device                     always
-                              (``trainer.EpochAccumulator``); ``.item()`` only for the
+                              (``accumulator.EpochAccumulator``); ``.item()`` only for the
                               progress bar (every 25 steps) and the NaN check (every 50)
 ============================  ==========================================================  ==================
 

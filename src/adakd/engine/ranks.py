@@ -1,33 +1,15 @@
-"""What the trainer keeps consistent across the ranks of a torchrun job: epoch sums, the resume
+"""What the trainer keeps consistent across the ranks of a torchrun job: BatchNorm statistics, the resume
 position under another world size, evaluation shards, and the run directory as other ranks see it
-(the primitives under these are :mod:`adakd.runtime.distributed`)."""
+(the primitives under these are :mod:`adakd.runtime.distributed`; the epoch sums over the ranks are
+:mod:`adakd.engine.accumulator`'s)."""
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from ..errors import CheckpointError
-from ..runtime.distributed import DistInfo, active, all_gather_object, all_reduce_mean_, control_group
-
-
-def reduce_accumulator(acc: Any) -> None:
-    """In place: sum an EpochAccumulator's sums, steps and samples over the ranks (epoch means of the job)."""
-    if not active():
-        return
-    keys = sorted(set().union(*[set(k) for k in all_gather_object(sorted(acc.sums))]))
-    device = next(iter(acc.sums.values())).device if acc.sums else torch.device("cpu")
-    for key in keys:
-        value = acc.sums.get(key)
-        value = torch.zeros((), device=device, dtype=torch.float32) if value is None else value.clone()
-        if value.device.type == "cpu" and dist.get_backend() == "nccl":
-            value = value.to(torch.device("cuda", torch.cuda.current_device()))
-        dist.all_reduce(value)
-        acc.sums[key] = value.to(device)
-    counts = torch.tensor([acc.steps, acc.samples], dtype=torch.int64)
-    dist.all_reduce(counts, group=control_group())
-    acc.steps, acc.samples = int(counts[0]), int(counts[1])
+from ..runtime.distributed import DistInfo, active, all_reduce_mean_
 
 
 def agree_batchnorm_statistics(modules: list[Any]) -> int:
@@ -55,21 +37,6 @@ def agree_batchnorm_statistics(modules: list[Any]) -> int:
     with torch.no_grad():
         all_reduce_mean_(tensors)
     return len(tensors)
-
-
-def accumulator_state(acc: Any) -> dict[str, Any] | None:
-    """What a checkpoint stores of an EpochAccumulator: the job's sums (rank 0 reloads them, the others
-    restart from zero, so the epoch means are right after a resume with any number of processes)."""
-    if acc is None:
-        return None
-    if not active():
-        return acc.state_dict()
-    import copy
-
-    total = copy.copy(acc)
-    total.sums = dict(acc.sums)
-    reduce_accumulator(total)
-    return total.state_dict()
 
 
 def resume_position(state: dict[str, Any], loader: Any, steps_per_epoch: int) -> tuple[dict[str, Any], int, int]:
@@ -134,56 +101,3 @@ def follower_run_dir(path: Any) -> Any:
             return logger
 
     return FollowerRunDir(path)
-
-
-def elastic_restart() -> int:
-    """How many times torchrun's agent has restarted this job's workers (``--max-restarts``; 0 otherwise)."""
-    import os
-
-    try:
-        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    except ValueError:
-        return 0
-
-
-def resolve_auto_resume(cfg: Any, allow_changes: tuple[str, ...], log: Any) -> Any:
-    """Rank 0: ``cfg`` with ``resume`` decided (True/False) where it is ``"auto"``, or where torchrun restarted
-    the workers (``TORCHELASTIC_RESTART_COUNT`` > 0: the agent relaunches them with the same arguments, so a
-    restart continues its own run without ``--resume`` added by hand).
-
-    Auto resumes the newest of ``run_dir`` and its numbered siblings (``name-1``, ``name-2``, ...: where a run
-    whose directory was taken went) that holds a checkpoint and a ``config.yaml`` equal to ``cfg`` up to the
-    keys the strict resume ignores and ``allow_changes``; it starts a new run when there is none."""
-    from ..config import load_raw
-    from ..errors import AdakdError
-    from .checkpoint import previous_path
-    from .run_dir import RunDir
-    from .trainer import config_changes
-
-    restarted = elastic_restart() > 0
-    if cfg.resume is True or (cfg.resume is False and not restarted):
-        return cfg
-    base = cfg.resolved_run_dir()
-    candidates = [base] if cfg.run_dir else [base, *(base.with_name(f"{base.name}-{i}") for i in range(1, 10_000))]
-    found = None
-    for path in candidates:
-        if not path.exists():
-            if path != base:
-                break
-            continue
-        rd = RunDir(path)
-        if not (rd.last_checkpoint.exists() or previous_path(rd.last_checkpoint).exists()) or not rd.config_path.is_file():
-            continue
-        try:
-            changes = config_changes(load_raw(rd.config_path), cfg.model_dump(mode="json"))
-        except AdakdError:
-            continue
-        if all(k in allow_changes for k in changes):
-            found = path
-    why = f"torchrun restart {elastic_restart()}" if restarted else "resume: auto"
-    if found is None:
-        log(f"{why}: no checkpoint of this config under {base}; starting a new run")
-        return cfg.model_copy(update={"resume": False})
-    log(f"{why}: continuing {found} from its last checkpoint")
-    return cfg.model_copy(update={"resume": True, "run_dir": str(found)})
-

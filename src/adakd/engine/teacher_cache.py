@@ -183,7 +183,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _file_sha(path: Path) -> str:
+def file_sha(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -302,7 +302,7 @@ class TeacherCache:
                 if not file.is_file():
                     raise CacheError(f"teacher cache {path}: {name} is missing: delete {path / f'view-{v:05d}.json'} "
                                      "and run `adakd cache build CONFIG` to rebuild that view.")
-                if verify and _file_sha(file) != sums[name]:
+                if verify and file_sha(file) != sums[name]:
                     raise CacheError(f"teacher cache {path}: {name} fails its sha256 checksum (corrupted): delete "
                                      f"{path / f'view-{v:05d}.json'} and run `adakd cache build CONFIG` to rebuild it.")
                 self._arrays.setdefault(name.split("-")[0], []).append(np.load(file, mmap_mode="r"))
@@ -423,52 +423,6 @@ def attach(cfg: RunConfig, teacher: nn.Module | None, distiller: Any, strategy: 
     return feed
 
 
-# ----------------------------------------------------------------------------------------- the CLI
-def build_for_config(cfg: RunConfig, log: Callable[[str], None] = print, stop_after: int | None = None
-                     ) -> Path:
-    """``adakd cache build CONFIG``: this process' share of the views (RANK / WORLD_SIZE of torchrun)."""
-    from ..data import build_data
-    from ..runtime.device import resolve_device
-    from .teacher import load_teacher, teacher_checkpoint_path
-    from .trainer import train
-
-    if cfg.teacher is None:
-        raise CacheError("the config has no teacher: a teacher cache needs teacher.name and its weights.")
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = resolve_device(cfg.device)
-    data = build_data(cfg.data, device, seed=cfg.seed, log=log if rank == 0 else None)
-    ckpt = teacher_checkpoint_path(cfg.teacher, cfg, lambda c: train(c, log=log), log)
-    teacher = load_teacher(cfg.teacher, data.info, device, ckpt)
-    if cfg.teacher.cache == "off":
-        cfg = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"cache": "auto"})})
-    spec = cache_spec(cfg, teacher, data.train)
-    path = resolve_cache_dir(cfg, spec)
-    with file_lock(path.with_name(path.name + f".rank{rank}.lock")):
-        build_views(path, spec, teacher, data.train, device, rank=rank, world_size=world, log=log,
-                    stop_after=stop_after)
-    done = len(views_done(path, spec.views))
-    log(f"teacher cache {path}: {done}/{spec.views} views" + (" (complete)" if done == spec.views else ""))
-    return path
-
-
-def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """``adakd cache info PATH``: what the cache holds, how much of it is built, and whether it verifies."""
-    path = Path(path).expanduser()
-    manifest = path / "cache.json"
-    if not manifest.is_file():
-        raise CacheError(f"{path} is not a teacher cache (no cache.json).")
-    m = json.loads(manifest.read_text())
-    views = int(m["views"])
-    done = views_done(path, views)
-    bad = []
-    for v in done:
-        sums = json.loads((path / f"view-{v:05d}.json").read_text())["sha256"]
-        bad += [n for n, s in sums.items() if not (path / n).is_file() or _file_sha(path / n) != s]
-    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-    return {"path": str(path), "key": m.get("key"), "teacher": m["teacher"], "data": m["data"],
-            "augmentation": m["augmentation"], "storage": m["storage"], "views": views, "views_built": len(done),
-            "complete": len(done) == views, "corrupt_files": bad, "bytes": size}
-
-
 __all__ = ["TeacherCache", "TeacherFeed", "CachedTrainLoader", "CacheSpec", "cache_spec", "teacher_outputs_of",
-           "attach", "ensure_cache", "build_views", "build_for_config", "describe", "cache_root", "weights_hash"]
+           "attach", "ensure_cache", "build_views", "resolve_cache_dir", "views_done", "file_sha", "cache_root",
+           "weights_hash"]

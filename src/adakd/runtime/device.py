@@ -1,6 +1,7 @@
 """Device, precision and memory-format facts (device-agnostic: nothing here requires a GPU).
 
-Which precision and memory format a run uses is measured, not read from a flag: engine/probe.py."""
+Which precision and memory format a run uses is measured, not read from a flag: runtime/timing.py (the rule, the timing)
+and engine/probe.py (a run's own training step timed)."""
 from __future__ import annotations
 
 import contextlib

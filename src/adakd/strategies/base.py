@@ -24,7 +24,7 @@ from ..runtime.distributed import all_finite
 from ..losses.base import DistillContext, Distiller
 from ..models.contract import ContractModel, Features
 from ..options import StrictOptions, check_options
-from .parallel import DataParallelForward, PretrainForward
+from .parallel import DataParallelForward, LossForward
 
 
 @dataclass
@@ -149,8 +149,18 @@ class Strategy:
         if getattr(self, "_pretrain_forward", None) is None:
             assert self.distiller is not None
             self._pretrain_forward = DataParallelForward(
-                PretrainForward(self, self.distiller.pretrain_modules(self.student)), find_unused_parameters=True)
+                LossForward(self.pretrain_loss, self.distiller.pretrain_modules(self.student)),
+                find_unused_parameters=True)
         return self._pretrain_forward
+
+    def pretrain_loss(self, batch: Batch, ctx: DistillContext) -> tuple[Tensor, Tensor]:
+        """(the distiller's connector pre-training loss, the student's logits): the pre-training forward."""
+        assert self.distiller is not None
+        t = self.teacher_features(batch.x)
+        with autocast(self.ctx.device, self.ctx.precision):
+            s = self.student.forward_features(batch.x)
+            loss = self.distiller.pretrain_loss(s, t, ctx)
+        return loss, s.logits
 
     def pretrain_step(self, batch: Batch, ctx: DistillContext, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
         """One step of the distiller's connector pre-training (FT's paraphraser, AB/FSP initialisation)."""

@@ -12,16 +12,12 @@ ABL: ``torch.autograd.grad``, ``backward(inputs=...)``, several steps per batch)
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from torch import Tensor, nn
 
 from ..data import Batch
 from ..losses.base import DistillContext
-from ..runtime.device import autocast
-
-if TYPE_CHECKING:
-    from .base import Strategy
 
 
 class DataParallelForward:
@@ -68,28 +64,10 @@ def _unique(modules: list[nn.Module | None]) -> list[nn.Module]:
     return out
 
 
-class PretrainForward(nn.Module):
-    """(batch, ctx) -> (the distiller's connector pre-training loss, the student's logits). Registered: the
-    pre-trained modules (``distiller.pretrain_modules(student)``) only."""
-
-    def __init__(self, strategy: "Strategy", trained: list[nn.Module]) -> None:
-        super().__init__()
-        self.trained = nn.ModuleList(_unique(list(trained)))
-        self._strategy = [strategy]  # a list: not a submodule
-
-    def forward(self, batch: Batch, ctx: DistillContext) -> tuple[Tensor, Tensor]:
-        strategy = self._strategy[0]
-        assert strategy.distiller is not None
-        t = strategy.teacher_features(batch.x)
-        with autocast(strategy.ctx.device, strategy.ctx.precision):
-            s = strategy.student.forward_features(batch.x)
-            loss = strategy.distiller.pretrain_loss(s, t, ctx)
-        return loss, s.logits
-
-
 class LossForward(nn.Module):
-    """(batch, ctx) -> ``compute(batch, ctx)`` (the strategy's loss, terms, logits). Registered: ``trained``
-    (the student and the distiller for the standard strategy)."""
+    """(batch, ctx) -> ``compute(batch, ctx)``: the standard strategy's (loss, terms, logits), or the
+    connector pre-training's (loss, logits) (``Strategy.pretrain_loss``). Registered: ``trained`` (the
+    student and the distiller; the pre-trained modules), the strategy held outside the module tree."""
 
     def __init__(self, compute: Callable[[Batch, DistillContext], Any], trained: list[nn.Module | None]) -> None:
         super().__init__()

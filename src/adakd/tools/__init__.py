@@ -1,1 +1,2 @@
-"""Tools built on the engine: bench, sweep, report and plots, export (users of everything below)."""
+"""Tools built on the engine: bench, sweep, report and plots, export, the teacher-cache command (users of
+everything below)."""

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ...engine.probe import format_ms
+from ...runtime.timing import format_ms
 from ...runtime.atomic import atomic_write_json
 
 

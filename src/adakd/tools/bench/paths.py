@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from ...engine.probe import Candidate, FastPath, StepBuilder, candidates, resolve_fast_path, time_steps
+from ...runtime.timing import Candidate, FastPath, StepBuilder, candidates, resolve_fast_path, time_steps
 from ...errors import ConfigError
 from .rig import Rig
 from .settings import PATHS, BenchCase, BenchSettings, PathSpec

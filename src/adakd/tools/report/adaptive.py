@@ -11,9 +11,12 @@ Each cell is mean ± sample std over the row's seeds (as the main table).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from .table import Row, Stats
+from .stats import Stats
+
+if TYPE_CHECKING:
+    from .table import Row
 
 
 def _columns(vectors: Sequence[Sequence[float]]) -> list[Stats]:

@@ -30,6 +30,7 @@ from ...errors import ConfigError
 from ...runtime.atomic import atomic_write_text
 from .published import Published, lookup
 from .record import StoredRun, is_record, load_runs, record_in
+from .stats import Stats
 
 SCRATCH = "scratch"
 STANDARD = "standard"
@@ -53,22 +54,6 @@ class RunRecord:
     train_seconds: float
     teacher_top1: float | None
     stored: StoredRun  # what the run left: config, sweep labels, summary, metrics, added files
-
-
-@dataclass
-class Stats:
-    n: int
-    mean: float
-    std: float | None  # sample std (n - 1); None for n = 1
-
-    @classmethod
-    def of(cls, values: Iterable[float]) -> "Stats":
-        xs = [v for v in values if v is not None and math.isfinite(v)]
-        if not xs:
-            return cls(0, math.nan, None)
-        mean = sum(xs) / len(xs)
-        std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None
-        return cls(len(xs), mean, std)
 
 
 @dataclass
