@@ -11,8 +11,12 @@ filled under their reference names, the strategy / optimiser / schedule built as
 
 The criterion (a random-weight pair at lr 0.05 is chaotic, so equality cannot hold for long): with
 drift_k = ||theta_k(ours) - theta_k(ref)|| / ||theta_k(ref) - theta_0|| on the fixture's sample of the trained
-parameters, drift_1 < 1e-4 (the same computation up to fp32 rounding), and at every step drift_k is below
-the reference's own drift from weights nudged by U(-1e-7, 1e-7) (the fixture's chaos curve).
+parameters, drift_1 < 1e-4 (the same computation up to fp32 rounding; so are the loss terms, the distance
+travelled and the probe logits: ``test_first_step_matches_reference``), and at every step drift_k is below the
+reference's own drift from weights nudged by U(-1e-7, 1e-7) (the fixture's chaos curve:
+``test_trajectory_within_reference_chaos``). The second is sensitive: with our NCE's eps added in another
+float32 order than the CRD code's (a rounding-level difference), CRD on res32x4 -> res8x4 drifted 3.4e-4 at
+step 2 against the nudged reference's 9.0e-5 (losses/crd.py now adds it as the CRD code does).
 
 Documented differences, each set here to the reference's behaviour:
 * DKD, ReviewKD: our warm-up advances every step (0 at the first step); mdistiller's once per epoch, counted
@@ -193,8 +197,8 @@ def run_ours(method: str, pair: str, fx: SimpleNamespace) -> SimpleNamespace:
     epoch = meta["epoch"] - 1  # mdistiller counts epochs from 1, we from 0
     parts.strategy.on_epoch_start(epoch)
     phase.model.train()
-    out = SimpleNamespace(terms=[], sample=[], travel=[], probe_train=[], probe_eval=[], theta0=theta0, index=index,
-                          kept_columns=kept_columns)
+    out = SimpleNamespace(terms=[], sample=[], travel=[], key_travel=[], probe_train=[], probe_eval=[], theta0=theta0,
+                          index=index, kept_columns=kept_columns, keys=ref_keys, params=ordered)
     for i in range(meta["steps"]):
         step_now[0] = i
         step = epoch * steps_per_epoch + i
@@ -208,6 +212,7 @@ def run_ours(method: str, pair: str, fx: SimpleNamespace) -> SimpleNamespace:
         theta = flat()
         out.sample.append(theta[index].float().numpy())
         out.travel.append(float((theta - theta0).norm()))
+        out.key_travel.append([float((theta - theta0)[o:o + q.numel()].norm()) for q, o in zip(ordered, offsets)])
         out.probe_train.append(probe_logits(student, probe, train=True))
         out.probe_eval.append(probe_logits(student, probe, train=False))
     out.lr = optimizer.param_groups[0]["lr"]
@@ -233,23 +238,49 @@ CASES = [pytest.param(m, p, marks=[pytest.mark.slow] if p == "res32x4_res8x4" el
          for m in METHODS for p in PAIRS]
 
 
-@pytest.mark.parametrize("method,pair", CASES)
-def test_step_matches_reference(method, pair, one_torch_thread):
-    fx = load_fixture(method, pair)
-    assert fx.meta["epoch"] == 1 and fx.meta["lr"] == pytest.approx(0.05)
-    ours = run_ours(method, pair, fx)
-    assert ours.lr == pytest.approx(fx.meta["lr"], rel=1e-12)  # the same lr at these steps (no lr warm-up)
+_RUNS: dict[tuple[str, str], tuple[SimpleNamespace, SimpleNamespace]] = {}
+
+
+def fixture_and_run(method: str, pair: str) -> tuple[SimpleNamespace, SimpleNamespace]:
+    """(fixture, our run) of a case, run once per test session (both tests below read it)."""
+    if (method, pair) not in _RUNS:
+        fx = load_fixture(method, pair)
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            _RUNS[(method, pair)] = fx, run_ours(method, pair, fx)
+        finally:
+            torch.set_num_threads(before)
+    return _RUNS[(method, pair)]
+
+
+def our_drift(fx: SimpleNamespace, ours: SimpleNamespace) -> np.ndarray:
     start = ours.theta0[ours.index].float().numpy()
-    d = drift(np.stack(ours.sample), fx.sample[:, ours.kept_columns], start)
-    print(f"{method} {pair}: drift {curve(d)}; reference nudged by 1e-7: {curve(fx.chaos_sample)}")
-    # the first step: the same computation up to fp32 rounding, in every recorded quantity
+    return drift(np.stack(ours.sample), fx.sample[:, ours.kept_columns], start)
+
+
+@pytest.mark.parametrize("method,pair", CASES)
+def test_first_step_matches_reference(method, pair):
+    """After one step: parameters, loss terms, distance travelled and probe logits within 1e-4 (relative)."""
+    fx, ours = fixture_and_run(method, pair)
+    assert fx.meta["epoch"] == 1 and fx.meta["lr"] == pytest.approx(0.05)
+    assert ours.lr == pytest.approx(fx.meta["lr"], rel=1e-12)  # the same lr at these steps (no lr warm-up)
+    d = our_drift(fx, ours)
     assert d[0] < FIRST_STEP_TOLERANCE, f"drift after step 1: {d[0]:.2e}"
     assert rel(ours.terms[0], fx.terms[0]) < FIRST_STEP_TOLERANCE, (ours.terms[0], fx.terms[0].tolist())
     assert abs(ours.travel[0] - fx.travel[0]) / fx.travel[0] < FIRST_STEP_TOLERANCE
     assert rel(ours.probe_train[0], fx.probe_train[0]) < FIRST_STEP_TOLERANCE
     assert rel(ours.probe_eval[0], fx.probe_eval[0]) < FIRST_STEP_TOLERANCE
-    # every step: closer to the reference than the reference is to itself from weights nudged by 1e-7
-    assert np.all(d < fx.chaos_sample), f"ours {np.array2string(d, precision=2)} vs chaos {fx.chaos_sample}"
+
+
+@pytest.mark.parametrize("method,pair", CASES)
+def test_trajectory_within_reference_chaos(method, pair):
+    """At every step, ours is closer to the reference than the reference is to itself from weights nudged by
+    U(-1e-7, 1e-7) (both measured on the fixture's parameter sample)."""
+    fx, ours = fixture_and_run(method, pair)
+    d = our_drift(fx, ours)
+    print(f"{method} {pair}: drift {curve(d)}; reference nudged by 1e-7: {curve(fx.chaos_sample)}")
+    assert np.all(d < fx.chaos_sample), f"ours {curve(d)} vs the nudged reference {curve(fx.chaos_sample)}"
 
 
 # ------------------------------------------------------------------ the options that give the reference's behaviour
