@@ -10,17 +10,17 @@ For each method (KD, DKD, FitNet, AT, CRD, ReviewKD) x pair (resnet32x4 -> resne
   * the reference's distiller is built from its CIFAR-100 config (cfg.py defaults + the method's yaml;
     the WRN pair with the command-line options a user gives mdistiller for another pair, see PAIR_OPTIONS);
   * every state-dict entry of the distiller (teacher, student, connectors, CRD's memory banks) is set to
-    ``reference_fill.fill(key, shape)``: a function of the reference key and shape only (tests/reference_fill.py);
+    ``trajectory_fill.fill(key, shape)``: a function of the reference key and shape only (tests/trajectory_fill.py);
   * the reference trainer's own optimiser (``BaseTrainer.init_optimizer``), lr (``adjust_learning_rate``
-    at the fixture's epoch) and step (``train_iter``) run STEPS fixed batches (``reference_fill.trajectory_batch``)
+    at the fixture's epoch) and step (``train_iter``) run STEPS fixed batches (``trajectory_fill.trajectory_batch``)
     in fp32 on the CPU (``.cuda()`` is made a no-op when no GPU is there: the reference run on the CPU);
   * recorded after every step: the loss terms, the student's logits on a fixed probe batch (in train mode,
     BN buffers restored after, and in eval mode), a fixed sample of the trained parameters (student +
-    connectors; ``reference_fill.sample_counts``) and the exact L2 distance travelled, per trained tensor;
-  * the same run from trained parameters nudged by U(-1e-7, 1e-7) (``reference_fill.nudge``): its drift
+    connectors; ``trajectory_fill.sample_counts``) and the exact L2 distance travelled, per trained tensor;
+  * the same run from trained parameters nudged by U(-1e-7, 1e-7) (``trajectory_fill.nudge``): its drift
     ||theta'_k - theta_k|| / ||theta_k - theta_0|| at every step, exact and on the sample (the chaos curve).
 
-CRD's negatives are the fixture's (``reference_fill.crd_negatives``), passed as the CRD trainer's
+CRD's negatives are the fixture's (``trajectory_fill.crd_negatives``), passed as the CRD trainer's
 ``contrastive_index`` (column 0 = the positive, as its dataset builds it); its memory banks are filled.
 Output: tests/fixtures/trajectory/<method>_<pair>.npz (arrays + ``meta``, a JSON string).
 """
@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "src"))
 
-import reference_fill as rf  # noqa: E402
+import trajectory_fill as rf  # noqa: E402
 from adakd.engine.checkpoint import atomic_write_bytes  # noqa: E402
 
 OUT = REPO / "tests" / "fixtures" / "trajectory"
@@ -97,7 +97,7 @@ def cpu_only() -> None:
 
 
 def reference_distiller(ref, method: str, pair: str):
-    """(cfg, distiller) of the reference, every state-dict entry filled by ``reference_fill.fill``."""
+    """(cfg, distiller) of the reference, every state-dict entry filled by ``trajectory_fill.fill``."""
     t_name, s_name, dkd_pair = PAIRS[pair]
     models = ref["cifar_model_dict"]
     teacher = models[t_name][0](num_classes=100)
@@ -209,7 +209,7 @@ def reference_commit(root: Path, given: str | None) -> str:
         return "unknown (pass --commit)"
 
 
-def make(ref, method: str, pair: str, commit: str) -> Path:
+def make(ref, method: str, pair: str, commit: str, out: Path = OUT) -> Path:
     t0 = time.perf_counter()
     base = run(ref, method, pair, nudged=False)
     nudge = run(ref, method, pair, nudged=True)
@@ -238,13 +238,13 @@ def make(ref, method: str, pair: str, commit: str) -> Path:
         "chaos_sample": chaos_sample,
         "meta": np.array(json.dumps(meta)),
     }
-    path = OUT / f"{method}_{pair}.npz"
+    path = out / f"{method}_{pair}.npz"
     import io
 
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
-    print(f"{path.relative_to(REPO)}: {buf.tell() / 1024:.0f} KiB, terms step 1 {arrays['terms'][0].round(5).tolist()}, "
+    print(f"{path}: {buf.tell() / 1024:.0f} KiB, terms step 1 {arrays['terms'][0].round(5).tolist()}, "
           f"travel {travel[0]:.4g} -> {travel[-1]:.4g}, chaos {chaos[0]:.2e} -> {chaos[-1]:.2e} "
           f"({meta['seconds']} s)", flush=True)
     return path
@@ -256,13 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commit", help="the reference's commit (read with git when the checkout has .git)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--pairs", default=",".join(PAIRS))
+    parser.add_argument("--out", type=Path, default=OUT, help="where the .npz files go (default: %(default)s)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     ref = load_reference(args.reference.resolve())
     commit = reference_commit(args.reference, args.commit)
     for method in args.methods.split(","):
         for pair in args.pairs.split(","):
-            make(ref, method, pair, commit)
+            make(ref, method, pair, commit, args.out)
     return 0
 
 

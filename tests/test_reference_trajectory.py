@@ -3,7 +3,7 @@
 The fixtures (tests/fixtures/trajectory/<method>_<pair>.npz) were written by
 ``scripts/make_trajectory_fixtures.py`` running mdistiller (the DKD authors' code) on the CPU: its distiller
 built from its CIFAR-100 config, every weight (teacher, student, connectors, CRD's memory banks) set by
-``reference_fill.fill(reference key, shape)``, then 10 fixed batches of 16 through its trainer's own
+``trajectory_fill.fill(reference key, shape)``, then 10 fixed batches of 16 through its trainer's own
 optimiser, lr and step, at epoch 1. Here the same run goes through ours: ``configs/cifar100/<method>/<pair>.yaml``
 resolved, the models loaded from the reference-layout state dict (``models/foreign.py``), the connectors
 filled under their reference names, the strategy / optimiser / schedule built as the trainer builds them
@@ -47,7 +47,7 @@ import numpy as np
 import pytest
 import torch
 
-import reference_fill as rf
+import trajectory_fill as rf
 from adakd.config import load_config
 from adakd.errors import ConfigError
 from adakd.data import Batch

@@ -18,6 +18,10 @@ How a state-dict entry ``key`` of shape ``shape`` is filled (:func:`fill`), by t
     ``running_mean``          U(-0.05, 0.05)
     ``running_var``           1 + U(0, 0.5)
     ``num_batches_tracked``   0
+
+Beside it, tests/reference_fill.py (the model-weights fixtures of branch ``weights``) fills from torch
+generators seeded by the key; this one keeps integer-hash values (the same on any torch version), damps the
+residual branches for a sane eval-mode teacher, and holds the trajectories' batches, probe and CRD negatives.
 """
 from __future__ import annotations
 
