@@ -197,8 +197,8 @@ def run_ours(method: str, pair: str, fx: SimpleNamespace) -> SimpleNamespace:
     epoch = meta["epoch"] - 1  # mdistiller counts epochs from 1, we from 0
     parts.strategy.on_epoch_start(epoch)
     phase.model.train()
-    out = SimpleNamespace(terms=[], sample=[], travel=[], key_travel=[], probe_train=[], probe_eval=[], theta0=theta0,
-                          index=index, kept_columns=kept_columns, keys=ref_keys, params=ordered)
+    out = SimpleNamespace(terms=[], sample=[], travel=[], key_travel=[], probe_train=[], probe_eval=[],
+                          start=theta0[index].float().numpy(), kept_columns=kept_columns, keys=ref_keys)
     for i in range(meta["steps"]):
         step_now[0] = i
         step = epoch * steps_per_epoch + i
@@ -242,7 +242,8 @@ _RUNS: dict[tuple[str, str], tuple[SimpleNamespace, SimpleNamespace]] = {}
 
 
 def fixture_and_run(method: str, pair: str) -> tuple[SimpleNamespace, SimpleNamespace]:
-    """(fixture, our run) of a case, run once per test session (both tests below read it)."""
+    """(fixture, our run) of a case, run once per test session (both tests below read it; the run keeps only
+    what it recorded, not its models)."""
     if (method, pair) not in _RUNS:
         fx = load_fixture(method, pair)
         before = torch.get_num_threads()
@@ -255,8 +256,7 @@ def fixture_and_run(method: str, pair: str) -> tuple[SimpleNamespace, SimpleName
 
 
 def our_drift(fx: SimpleNamespace, ours: SimpleNamespace) -> np.ndarray:
-    start = ours.theta0[ours.index].float().numpy()
-    return drift(np.stack(ours.sample), fx.sample[:, ours.kept_columns], start)
+    return drift(np.stack(ours.sample), fx.sample[:, ours.kept_columns], ours.start)
 
 
 @pytest.mark.parametrize("method,pair", CASES)
