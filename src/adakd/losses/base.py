@@ -187,5 +187,24 @@ def register_distiller(cls: type[Distiller]) -> type[Distiller]:
     return cls
 
 
+#: How a loss's linear warm-up advances (its ``warmup_advance`` option):
+#:   "step":  every step, by the fractional epochs done (``ctx.progress``; 0 at the very first step);
+#:   "epoch": once per epoch, counting the epoch being trained (``ctx.epoch + 1``): mdistiller's
+#:            ``min(epoch / warmup, 1)`` with epochs counted from 1, i.e. 1 / warmup all through the first epoch.
+WARMUP_ADVANCES = ("step", "epoch")
+
+
+def warmup_done(ctx: DistillContext, advance: str = "step") -> float:
+    """The epochs a warm-up counts as done at this step (see :data:`WARMUP_ADVANCES`)."""
+    return float(ctx.epoch + 1) if advance == "epoch" else float(ctx.progress)
+
+
+def warmup_scale(done: float, warmup_epochs: float) -> float:
+    """A linear warm-up's factor min(done / warmup_epochs, 1); 1 when warmup_epochs is 0."""
+    if warmup_epochs <= 0:
+        return 1.0
+    return float(min(max(done, 0.0) / warmup_epochs, 1.0))
+
+
 def zero_like(t: Tensor) -> Tensor:
     return torch.zeros((), device=t.device, dtype=torch.float32)

@@ -6,9 +6,12 @@ p^ = softmax over the non-target logits only (C - 1 classes):
 
     TCKD = T^2 * mean_batch KL(b^T || b^S)
     NCKD = T^2 * mean_batch KL(p^T || p^S)
-    L_DKD = min(progress / warmup_epochs, 1) * (alpha * TCKD + beta * NCKD)
+    L_DKD = min(done / warmup_epochs, 1) * (alpha * TCKD + beta * NCKD)
 
 Defaults (CIFAR-100, the paper and mdistiller): T = 4, alpha = 1, beta = 8, 20 warm-up epochs.
+``done`` advances every step (``warmup_advance: step``, fractional epochs: 0 at the first step) or, as in
+mdistiller, once per epoch (``warmup_advance: epoch``: epochs counted from 1, so 1/20 in the first epoch);
+see ``losses/base.py`` WARMUP_ADVANCES.
 
 Numerics (everything in float32 or wider, also under bf16 autocast): log p_t and
 log(1 - p_t) come from log-sum-exps over all / the non-target logits, and NCKD's
@@ -24,6 +27,8 @@ are shared with AEKT (aekt.py).
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -31,7 +36,7 @@ from torch import Tensor
 from ..errors import ConfigError, ShapeError
 from ..models.contract import Features, FeatureShapes
 from ..runtime.device import at_least_float32
-from .base import DistillContext, Distiller, register_distiller
+from .base import WARMUP_ADVANCES, DistillContext, Distiller, register_distiller, warmup_done, warmup_scale
 
 
 def non_target_logits(logits: Tensor, labels: Tensor) -> Tensor:
@@ -67,13 +72,6 @@ def nckd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, te
     return kl.mean() * temperature**2
 
 
-def warmup_scale(progress: float, warmup_epochs: float) -> float:
-    """DKD's linear warm-up: min(progress / warmup_epochs, 1); 1 when warmup_epochs is 0."""
-    if warmup_epochs <= 0:
-        return 1.0
-    return float(min(max(progress, 0.0) / warmup_epochs, 1.0))
-
-
 def check_logit_shapes(name: str, student: FeatureShapes, teacher: FeatureShapes) -> int:
     """The class count C shared by student and teacher; ShapeError when they differ or C < 2."""
     c_s, c_t = student.num_classes, teacher.num_classes
@@ -94,14 +92,22 @@ def check_dkd_options(name: str, temperature: float, alpha: float, beta: float, 
         raise ConfigError(f"{name}: warmup_epochs must be >= 0 (got {warmup_epochs}); 0 disables the warm-up.")
 
 
+def check_warmup_advance(name: str, advance: str) -> str:
+    if advance not in WARMUP_ADVANCES:
+        raise ConfigError(f"{name}: warmup_advance={advance!r}: choose 'step' (ours: every step) or 'epoch' "
+                          "(mdistiller's: once per epoch, 1/warmup in the first epoch).")
+    return advance
+
+
 @register_distiller
 class DKD(Distiller):
     """Decoupled KD: min(progress / warmup, 1) * (alpha * TCKD + beta * NCKD) at temperature T.
 
     Zhao, Cui, Song, Qiu, Liang, "Decoupled Knowledge Distillation", CVPR 2022.
     TCKD = T^2 KL(b^T || b^S) on the binary [p_t, 1 - p_t]; NCKD = T^2 KL over the
-    non-target classes. Defaults T = 4, alpha = 1, beta = 8, warm-up 20 epochs
-    (``ctx.progress``, fractional epochs). Terms: "tckd", "nckd" (weighted, warmed up).
+    non-target classes. Defaults T = 4, alpha = 1, beta = 8, warm-up 20 epochs advanced every step
+    (``ctx.progress``; ``warmup_advance="epoch"``: once per epoch, as mdistiller). Terms: "tckd", "nckd"
+    (weighted, warmed up).
     """
 
     name = "dkd"
@@ -113,10 +119,11 @@ class DKD(Distiller):
 
     def __init__(self, student: FeatureShapes, teacher: FeatureShapes, weight: float | None = None,
                  alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
-                 warmup_epochs: float = 20.0) -> None:
+                 warmup_epochs: float = 20.0, warmup_advance: Literal["step", "epoch"] = "step") -> None:
         super().__init__(student, teacher, weight)
         check_logit_shapes(self.name, student, teacher)
         check_dkd_options(self.name, temperature, alpha, beta, warmup_epochs)
+        self.warmup_advance = check_warmup_advance(self.name, warmup_advance)
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.temperature = float(temperature)
@@ -127,7 +134,7 @@ class DKD(Distiller):
         if s.shape[0] == 0:
             zero = at_least_float32(s).sum() * 0.0
             return {"tckd": zero, "nckd": zero}
-        scale = self.weight * warmup_scale(ctx.progress, self.warmup_epochs)
+        scale = self.weight * warmup_scale(warmup_done(ctx, self.warmup_advance), self.warmup_epochs)
         return {
             "tckd": scale * self.alpha * tckd_loss(s, t, ctx.labels, self.temperature),
             "nckd": scale * self.beta * nckd_loss(s, t, ctx.labels, self.temperature),
@@ -142,4 +149,4 @@ class DKD(Distiller):
 
     def extra_repr(self) -> str:
         return (f"weight={self.weight}, alpha={self.alpha}, beta={self.beta}, T={self.temperature}, "
-                f"warmup_epochs={self.warmup_epochs}")
+                f"warmup_epochs={self.warmup_epochs}, warmup_advance={self.warmup_advance}")

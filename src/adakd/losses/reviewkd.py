@@ -1,14 +1,17 @@
 """Knowledge review (Chen, Liu, Zhao, Jia, CVPR 2021)."""
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..models.contract import Features, FeatureShapes
-from .base import DistillContext, Distiller, register_distiller
+from .base import DistillContext, Distiller, register_distiller, warmup_done, warmup_scale
 from .connectors import paired_stage_maps
+from .dkd import check_warmup_advance
 from ..runtime.device import at_least_float32
 
 #: Pyramid levels of the hierarchical context loss (output sizes of the adaptive pools).
@@ -67,9 +70,10 @@ class ReviewKD(Distiller):
     below and maps it to the teacher's channels and size; the outputs O_k are compared by the
     hierarchical context loss:
 
-        L = weight * min(progress / warmup_epochs, 1) * sum_k HCL(O_k, T_k)
+        L = weight * min(done / warmup_epochs, 1) * sum_k HCL(O_k, T_k)
 
-    Default weight 5.0 with a linear warm-up over 20 epochs (``ctx.progress``); ABF width
+    Default weight 5.0 with a linear warm-up over 20 epochs, advanced every step (``ctx.progress``) or, with
+    ``warmup_advance="epoch"``, once per epoch as mdistiller (1/20 in the first epoch); ABF width
     min(512, student embedding dim).
 
     Chen, Liu, Zhao, Jia, "Distilling Knowledge via Knowledge Review", CVPR 2021.
@@ -82,8 +86,10 @@ class ReviewKD(Distiller):
     spot_kind = "stages"
 
     def __init__(self, student: FeatureShapes, teacher: FeatureShapes, weight: float | None = None,
-                 warmup_epochs: float = 20.0, max_mid_channels: int = 512) -> None:
+                 warmup_epochs: float = 20.0, max_mid_channels: int = 512,
+                 warmup_advance: Literal["step", "epoch"] = "step") -> None:
         super().__init__(student, teacher, weight)
+        self.warmup_advance = check_warmup_advance(self.name, warmup_advance)
         if warmup_epochs < 0 or int(max_mid_channels) < 1:
             raise ConfigError(f"reviewkd needs warmup_epochs >= 0 and max_mid_channels >= 1 "
                               f"(got {warmup_epochs}, {max_mid_channels}); defaults are 20 and 512.")
@@ -108,9 +114,7 @@ class ReviewKD(Distiller):
         return outputs
 
     def warmup_factor(self, ctx: DistillContext) -> float:
-        if self.warmup_epochs == 0:
-            return 1.0
-        return min(float(ctx.progress) / self.warmup_epochs, 1.0)
+        return warmup_scale(warmup_done(ctx, self.warmup_advance), self.warmup_epochs)
 
     def forward(self, s: Features, t: Features, ctx: DistillContext) -> dict[str, Tensor]:
         student_levels = list(s.stages[1:]) + [s.pooled[:, :, None, None]]

@@ -18,10 +18,17 @@ pre-activation output is ``BN(sum)`` -- exactly the "preact" features of RepDist
 post-activation features are the raw block sums instead. The stem (conv only) has no activation:
 its pre-activation output is its output.
 
+``stage_features="block_sum"`` reports those reference feature points instead: stage k's output in
+``forward_features`` is the raw block sum (what RepDistiller/mdistiller's FitNet, AT and ReviewKD read
+from a WRN), its pre-activation output still ``BN(sum)``; the network computes the same function. What
+flows into the next stage is then not the reported stage output, so SAKD's grafted pass (which feeds
+stage outputs into the next stage) needs the default ``"activated"``.
+
 Zagoruyko, Komodakis, "Wide Residual Networks", BMVC 2016.
 """
 from __future__ import annotations
 
+from typing import Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -29,10 +36,13 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..registry import MODELS
 from .init import init_weights
-from .contract import ContractModel
+from .contract import ContractModel, Features
 from .resnet_cifar import stage_block_names
 
 PAPER = "Zagoruyko, Komodakis, Wide Residual Networks, BMVC 2016"
+#: ``stage_features`` values: our stage outputs, or the reference code's (see the module docstring).
+STAGE_FEATURES = ("activated", "block_sum")
+StageFeatures = Literal["activated", "block_sum"]
 
 
 class WideBlock(nn.Module):
@@ -91,10 +101,14 @@ class WideResNet(ContractModel):
     family = "wrn"
 
     def __init__(self, depth: int, widen_factor: int, num_classes: int = 100, in_channels: int = 3,
-                 image_size: int = 32) -> None:
+                 image_size: int = 32, stage_features: str = "activated") -> None:
         super().__init__()
         if depth < 10 or (depth - 4) % 6 != 0:
             raise ConfigError(f"WRN depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 40, ...), got {depth}.")
+        if stage_features not in STAGE_FEATURES:
+            raise ConfigError(f"WRN stage_features={stage_features!r}: choose 'activated' (ReLU(BN(sum)), ours) or "
+                              "'block_sum' (the raw block sums, RepDistiller/mdistiller's feature points).")
+        self.stage_features = stage_features
         n = (depth - 4) // 6
         widths = [16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         units: list[nn.Module] = [nn.Conv2d(in_channels, 16, kernel_size=3, stride=1, padding=1, bias=False)]
@@ -134,26 +148,53 @@ class WideResNet(ContractModel):
     def preact_bns(self) -> list[nn.Module | None]:
         return [None] + [self.units[e].post_bn for e in self.stage_ends[1:]]
 
+    def forward_features(self, x: Tensor) -> Features:
+        """The contract's features; with ``stage_features="block_sum"`` a stage's output is its raw block sum."""
+        if self.stage_features == "activated":
+            return super().forward_features(x)
+        ends = set(self.stage_ends)
+        stages: list[Tensor] = []
+        preacts: list[Tensor] = []
+        h = x
+        for i, unit in enumerate(self.units):
+            if i in ends and isinstance(unit, WideBlock) and unit.post_bn is not None:
+                total = unit._sum(h)
+                pre = unit.post_bn(total)
+                h = F.relu(pre)
+                stages.append(total)
+                preacts.append(pre)
+            else:
+                h = unit(h)
+                if i in ends:
+                    stages.append(h)
+                    preacts.append(h)
+        pooled, logits = self.head(h)
+        return Features(logits=logits, stages=stages, preact_stages=preacts, pooled=pooled)
+
 
 @MODELS.register("wrn_16_1", description="Wide ResNet 16-1 (CIFAR)", paper=PAPER)
-def wrn_16_1(num_classes: int = 100, in_channels: int = 3, image_size: int = 32) -> WideResNet:
+def wrn_16_1(num_classes: int = 100, in_channels: int = 3, image_size: int = 32,
+             stage_features: StageFeatures = "activated") -> WideResNet:
     """WRN-16-1."""
-    return WideResNet(16, 1, num_classes, in_channels, image_size)
+    return WideResNet(16, 1, num_classes, in_channels, image_size, stage_features)
 
 
 @MODELS.register("wrn_16_2", description="Wide ResNet 16-2 (CIFAR)", paper=PAPER)
-def wrn_16_2(num_classes: int = 100, in_channels: int = 3, image_size: int = 32) -> WideResNet:
+def wrn_16_2(num_classes: int = 100, in_channels: int = 3, image_size: int = 32,
+             stage_features: StageFeatures = "activated") -> WideResNet:
     """WRN-16-2."""
-    return WideResNet(16, 2, num_classes, in_channels, image_size)
+    return WideResNet(16, 2, num_classes, in_channels, image_size, stage_features)
 
 
 @MODELS.register("wrn_40_1", description="Wide ResNet 40-1 (CIFAR)", paper=PAPER)
-def wrn_40_1(num_classes: int = 100, in_channels: int = 3, image_size: int = 32) -> WideResNet:
+def wrn_40_1(num_classes: int = 100, in_channels: int = 3, image_size: int = 32,
+             stage_features: StageFeatures = "activated") -> WideResNet:
     """WRN-40-1."""
-    return WideResNet(40, 1, num_classes, in_channels, image_size)
+    return WideResNet(40, 1, num_classes, in_channels, image_size, stage_features)
 
 
 @MODELS.register("wrn_40_2", description="Wide ResNet 40-2 (CIFAR)", paper=PAPER)
-def wrn_40_2(num_classes: int = 100, in_channels: int = 3, image_size: int = 32) -> WideResNet:
+def wrn_40_2(num_classes: int = 100, in_channels: int = 3, image_size: int = 32,
+             stage_features: StageFeatures = "activated") -> WideResNet:
     """WRN-40-2."""
-    return WideResNet(40, 2, num_classes, in_channels, image_size)
+    return WideResNet(40, 2, num_classes, in_channels, image_size, stage_features)
