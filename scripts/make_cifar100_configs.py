@@ -11,7 +11,10 @@ Layout (every file but base.yaml inherits another):
     configs/cifar100/students/<model>.yaml     the student trained alone ("Student" row; lr 0.01 for
                                                MobileNetV2 / ShuffleNet students)
     configs/cifar100/<method>/<pair>.yaml      the student of <pair> distilled with <method>
-                                               (``base: ../students/<student>.yaml``)
+                                               (``base: ../students/<student>.yaml``) from the published
+                                               teacher (``teacher.checkpoint: published``: the tables' own,
+                                               ``adakd teachers fetch cifar100``), or, when that file is
+                                               absent, from teachers/<model>.yaml (one line says so)
     configs/cifar100/scratch/<pair>.yaml       the student of <pair> alone (so that sweeps can use
                                                ``../configs/cifar100/{method}/{pair}.yaml`` for every row)
 
@@ -93,7 +96,8 @@ def method_config(method: str, pair: str) -> tuple[dict[str, Any], str]:
     cfg = {
         "base": f"../students/{student}.yaml",
         "name": f"cifar100-{method}-{pair}",
-        "teacher": {"name": teacher, "recipe": f"../teachers/{teacher}.yaml"},
+        # the published teacher the tables used (`adakd teachers fetch cifar100`), else trained from its recipe
+        "teacher": {"name": teacher, "checkpoint": "published", "recipe": f"../teachers/{teacher}.yaml"},
         "ce_weight": ce_weight,
         "losses": losses,
     }
@@ -136,7 +140,7 @@ def all_files() -> dict[Path, str]:
     for model in teachers:
         cfg = {"base": "../base.yaml", "name": f"cifar100-teacher-{model}", "student": {"name": model}}
         pub = TABLE.get(next((t, s, "teacher", "standard") for t, s in PAIRS.values() if t == model))
-        note = f"# Teacher {model} trained alone (used by teacher.recipe).\n"
+        note = f"# Teacher {model} trained alone (teacher.recipe: used when the published teacher is absent).\n"
         if pub is not None:
             note += f"# Published: {pub.top1:.2f}% top-1, {pub.source}.\n"
         files[OUT / "teachers" / f"{model}.yaml"] = HEADER + note + dump(cfg)

@@ -87,6 +87,7 @@ def test_cifar_recipe_is_the_standard_one():
         assert (t.schedule.name, t.schedule.milestones, t.schedule.gamma) == ("multistep", [150, 180, 210], 0.1)
         assert t.optimizer.lr == (0.01 if student in ("MobileNetV2", "ShuffleV1", "ShuffleV2") else 0.05)
         assert (cfg.teacher.name, cfg.student.name) == (teacher, student)
+        assert cfg.teacher.checkpoint == "published"  # the tables' teacher; the recipe is the fallback
         teacher_cfg = load_config(cfg.teacher.recipe)
         assert teacher_cfg.train.optimizer.lr == 0.05 and teacher_cfg.train.epochs == 240
         assert (cfg.ce_weight, cfg.losses["kd"]) == (0.1, {"weight": 0.9, "temperature": 4.0})

@@ -8,6 +8,7 @@
     adakd sweep SWEEP.yaml [--parallel N] [--dry-run]
     adakd cache build CONFIG [key=value ...]  |  adakd cache info PATH [--json]
     adakd report SWEEP.yaml|RUNS_DIR [--out DIR]
+    adakd teachers list [--json]  |  adakd teachers fetch cifar100 [--url URL] [--force]
     adakd bench [--suite adaptive] [--batch-size 64 128] [--compile] [--json] [--out FILE]
 
 User errors print one message and exit with code 2 (``--debug`` shows the traceback).
@@ -44,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="a plugin to import first (dotted module or .py file) that registers your own models, "
                              "losses, strategies or datasets; repeatable (configs can also say imports: [...])")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                help="train, eval, plot, export, bench, list, sweep, report, cache (adakd COMMAND -h)")
+                                help="train, eval, plot, export, bench, list, sweep, report, cache, teachers (adakd COMMAND -h)")
 
     p = sub.add_parser("train", help="train a teacher or distil a student from a config")
     p.add_argument("config", help="YAML config (e.g. configs/fashion_mnist/kd.yaml)")
@@ -132,6 +133,17 @@ def _parser() -> argparse.ArgumentParser:
     c = csub.add_parser("info", help="what a cache holds, how much is built, whether its files verify")
     c.add_argument("path", help="the cache directory")
     c.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("teachers", help="the published teachers of the tables: list them, fetch a release")
+    tsub = p.add_subparsers(dest="teachers_command", required=True, metavar="ACTION")
+    t = tsub.add_parser("list", help="which published teachers exist, which are here, their published top-1")
+    t.add_argument("--json", action="store_true")
+    t = tsub.add_parser("fetch", help="download a release archive (resumable, sha256-checked), unpack it atomically "
+                        "under $ADAKD_TEACHERS (else the teacher cache)")
+    t.add_argument("dataset", help="cifar100 (the CRD/mdistiller teachers) or tiny_imagenet")
+    t.add_argument("--url", default=None, help="the archive's URL, if not the release's (a mirror)")
+    t.add_argument("--force", action="store_true", help="download and unpack again although the folder is there")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("report", help="results table (mean +- std over seeds, gains, published numbers) of runs")
     p.add_argument("target", help="sweep file, or a folder holding run directories")
@@ -291,6 +303,21 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 1 if info["corrupt_files"] else 0
 
 
+def cmd_teachers(args: argparse.Namespace) -> int:
+    from .tools import teachers
+
+    if args.teachers_command == "list":
+        rows = teachers.listing()
+        print(json.dumps(rows, indent=2) if args.json else teachers.format_listing(rows))
+        return 0
+    fetched = teachers.fetch(args.dataset, url=args.url, force=args.force, progress=not args.no_progress,
+                             log=lambda m: print(m, file=sys.stderr, flush=True))
+    if fetched.missing:
+        print(f"note: the archive holds no file for {', '.join(fetched.missing)}", file=sys.stderr)
+    print(fetched.folder)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .tools.report.table import build_report
 
@@ -301,7 +328,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "export": cmd_export, "list": cmd_list,
-            "bench": cmd_bench, "sweep": cmd_sweep, "report": cmd_report, "cache": cmd_cache}
+            "bench": cmd_bench, "sweep": cmd_sweep, "report": cmd_report, "cache": cmd_cache, "teachers": cmd_teachers}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

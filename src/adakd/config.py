@@ -95,8 +95,16 @@ class ModelConfig(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
+#: ``teacher.checkpoint: published``: the architecture's released file (engine/published_teachers.py).
+PUBLISHED_TEACHER = "published"
+
+
 class TeacherConfig(ModelConfig):
-    """The frozen teacher: load ``checkpoint``, or train ``recipe`` (a config file) once and cache it."""
+    """The frozen teacher: load ``checkpoint``, or train ``recipe`` (a config file) once and cache it.
+
+    ``checkpoint: published`` takes the released teacher of the table (``adakd teachers fetch``); with a
+    ``recipe`` beside it, the recipe trains the teacher when that file is absent (one line says so).
+    """
 
     checkpoint: str | None = None
     recipe: str | None = None
@@ -114,11 +122,14 @@ class TeacherConfig(ModelConfig):
 
     @model_validator(mode="after")
     def _one_source(self) -> "TeacherConfig":
-        if self.checkpoint and self.recipe:
-            raise ValueError("give either teacher.checkpoint or teacher.recipe, not both")
+        if self.checkpoint and self.recipe and self.checkpoint != PUBLISHED_TEACHER:
+            raise ValueError("give either teacher.checkpoint or teacher.recipe, not both (only "
+                             f"`checkpoint: {PUBLISHED_TEACHER}` takes a recipe: the fallback when the published "
+                             "file is absent)")
         if not self.checkpoint and not self.recipe:
             raise ValueError(
-                "the teacher needs weights: set teacher.checkpoint=PATH (a checkpoint or run dir) "
+                "the teacher needs weights: set teacher.checkpoint=PATH (a checkpoint or run dir), "
+                f"teacher.checkpoint={PUBLISHED_TEACHER} (the released teacher: `adakd teachers fetch`) "
                 "or teacher.recipe=CONFIG.yaml (trained first, then cached)"
             )
         return self
@@ -281,7 +292,7 @@ def load_raw(path: str | os.PathLike[str], _seen: tuple[Path, ...] = ()) -> dict
     if isinstance(teacher, dict):
         for key in ("recipe", "checkpoint"):
             value = teacher.get(key)
-            if isinstance(value, str) and not os.path.isabs(os.path.expanduser(value)):
+            if isinstance(value, str) and value != PUBLISHED_TEACHER and not os.path.isabs(os.path.expanduser(value)):
                 candidate = (path.parent / value).resolve()
                 if key == "recipe" or candidate.exists():
                     teacher[key] = str(candidate)

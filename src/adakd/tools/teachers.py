@@ -1,0 +1,178 @@
+"""``adakd teachers fetch | list``: get the published teachers (engine/published_teachers.py) onto this machine.
+
+``fetch`` downloads the release archive (resumable, tools/download.py), checks it and unpacks it atomically:
+
+* **checked**: the archive's sha256 is recorded on the first download in ``<root>/<folder>.json`` (with the
+  sha256 of every unpacked file) and printed; a later download with another sha256 is an error;
+* **atomic**: the archive is extracted into a temporary folder beside the target (``tarfile``'s ``data``
+  filter: no absolute paths, no ``..``, no links out, no devices), checked, then renamed into place; a failure
+  leaves no partial folder. The archive is deleted once unpacked (its sha256 stays in the record).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..engine.checkpoint import atomic_write_text
+from ..engine.published_teachers import RELEASE_PAGE, RELEASES, Release, release_for, teachers_root
+from ..errors import AdakdError, ConfigError
+from .download import DownloadError, download, part_path, sha256_file
+from .report.published import Published, lookup
+
+
+class ChecksumError(AdakdError):
+    """A downloaded archive or an unpacked file whose sha256 differs from the one recorded."""
+
+
+def record_path(release: Release, root: Path) -> Path:
+    return root / f"{release.folder}.json"
+
+
+def published_top1(model: str, dataset: str) -> Published | None:
+    """The published top-1 of ``model`` as the tables' teacher on ``dataset`` (tools/report/published.py)."""
+    return lookup(dataset, None, model, "teacher")
+
+
+@dataclass
+class Fetched:
+    folder: Path
+    sha256: str
+    recorded: bool  #: True: this download recorded the sha256 (first one); False: it matched the record
+    missing: list[str]  #: catalogue teachers the archive did not hold
+
+
+def fetch(dataset: str, url: str | None = None, force: bool = False, progress: bool = True,
+          log: Callable[[str], None] = print) -> Fetched:
+    """Download ``dataset``'s release archive into the teachers root, check it, unpack it atomically."""
+    release = release_for(dataset)
+    root = teachers_root()
+    url = url or release.archive_url
+    target = root / release.folder
+    if url is None:
+        places = ", ".join(str(target / rel) for rel in release.files.values())
+        raise ConfigError(f"the reference README gives no archive URL for the {dataset} teachers: download them "
+                          f"from {RELEASE_PAGE} and save them as {places} (or pass --url URL of a tar archive "
+                          f"holding the folder {release.folder}/).")
+    record_file = record_path(release, root)
+    record = json.loads(record_file.read_text()) if record_file.is_file() else None
+    if target.is_dir() and not force:
+        _verify_unpacked(root, record, record_file)
+        log(f"{target} is already there" + (f" (its files match {record_file.name})" if record else "")
+            + "; --force downloads it again")
+        return Fetched(target, record["sha256"] if record else "", False, _missing(release, target))
+    archive = root / (url.rstrip("/").rsplit("/", 1)[-1] or f"{release.folder}.tar")
+    log(f"downloading {url}\n  to {archive}" + (" (resuming)" if part_path(archive).is_file() else ""))
+    try:
+        download(url, archive, progress=progress)
+    except DownloadError as exc:
+        if exc.offline:
+            raise DownloadError(f"{exc}. Offline: download {url} on a connected machine and unpack it here "
+                                f"(`tar xf {archive.name} -C {root}`) so that {target}/ holds "
+                                "<arch>_vanilla/ckpt_epoch_240.pth, or set $ADAKD_TEACHERS to the folder that "
+                                f"holds {release.folder}/.", offline=True) from exc
+        raise
+    try:
+        digest = sha256_file(archive)
+        if record is not None and record["sha256"] != digest:
+            raise ChecksumError(f"{url} has sha256 {digest}, but {record_file} recorded {record['sha256']} on the "
+                                "first download: the release changed or this copy is corrupt. Fetch again; if the "
+                                f"release was replaced on purpose, delete {record_file} to record the new one.")
+        files = _unpack(archive, release, target)
+    finally:
+        archive.unlink()  # unpacked, or rejected: the next fetch downloads afresh
+    first = record is None
+    if first:
+        record = {"url": url, "sha256": digest, "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "files": files}
+        atomic_write_text(record_file, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    log(f"sha256 {digest} ({'recorded in' if first else 'matches'} {record_file})")
+    return Fetched(target, digest, first, _missing(release, target))
+
+
+def _missing(release: Release, target: Path) -> list[str]:
+    return [model for model, rel in release.files.items() if not (target / rel).is_file()]
+
+
+def _verify_unpacked(root: Path, record: dict | None, record_file: Path) -> None:
+    """Every file the record lists is under ``root`` with its recorded sha256."""
+    for rel, digest in (record or {}).get("files", {}).items():
+        path = root / rel
+        if not path.is_file() or sha256_file(path) != digest:
+            raise ChecksumError(f"{path} is {'changed' if path.is_file() else 'missing'} since it was unpacked "
+                                f"(see {record_file}): fetch the teachers again with --force.")
+
+
+def _extract(archive: Path, into: Path) -> None:
+    """Extract a tar safely: ``tarfile``'s ``data`` filter, or (Python < 3.10.12) regular files and folders
+    with relative paths that stay inside ``into``, nothing else."""
+    with tarfile.open(archive) as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(into, filter="data")
+            return
+        members = tar.getmembers()
+        for m in members:
+            name = Path(m.name)
+            if not (m.isfile() or m.isdir()) or name.is_absolute() or ".." in name.parts:
+                raise tarfile.TarError(f"unsafe member {m.name!r}")
+        tar.extractall(into, members=members)
+
+
+def _unpack(archive: Path, release: Release, target: Path) -> dict[str, str]:
+    """Extract ``archive`` beside ``target``, check it holds ``release.folder``, rename it into place.
+    Returns {path under the root: sha256} of the unpacked files. A failure leaves ``target`` as it was."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{release.folder}.", dir=target.parent))
+    try:
+        try:
+            _extract(archive, staging)
+        except (tarfile.TarError, OSError) as exc:
+            raise ChecksumError(f"{archive} is not a readable tar archive or holds unsafe members ({exc}): "
+                                "fetch again.") from exc
+        unpacked = staging / release.folder
+        if not any((unpacked / rel).is_file() for rel in release.files.values()):
+            raise ChecksumError(f"{archive} holds no {release.folder}/<arch>_vanilla/... teacher file: it is not "
+                                "the release archive.")
+        files = {p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(unpacked.rglob("*"))
+                 if p.is_file()}
+        old = staging.with_name(staging.name + "-previous")  # the folder it replaces, deleted once replaced
+        if target.exists():
+            os.replace(target, old)
+        try:
+            os.replace(unpacked, target)
+        except OSError:
+            if old.exists():
+                os.replace(old, target)
+            raise
+        return files
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging.with_name(staging.name + "-previous"), ignore_errors=True)
+
+
+def listing() -> list[dict[str, object]]:
+    """Every published teacher: dataset, model, path, present, published top-1 and its source."""
+    rows = []
+    for dataset, release in RELEASES.items():
+        root = teachers_root() / release.folder
+        for model, rel in release.files.items():
+            pub = published_top1(model, dataset)
+            rows.append({"dataset": dataset, "model": model, "path": str(root / rel),
+                         "present": (root / rel).is_file(), "published_top1": pub.top1 if pub else None,
+                         "source": pub.source if pub else None})
+    return rows
+
+
+def format_listing(rows: list[dict[str, object]]) -> str:
+    lines = [f"published teachers under {teachers_root()} ($ADAKD_TEACHERS; `adakd teachers fetch DATASET`)",
+             f"{'dataset':<14}{'model':<12}{'here':<6}{'top-1':>7}  source"]
+    for r in rows:
+        top1 = f"{r['published_top1']:.2f}" if r["published_top1"] is not None else "-"
+        lines.append(f"{r['dataset']:<14}{r['model']:<12}{'yes' if r['present'] else 'no':<6}{top1:>7}  "
+                     f"{r['source'] or 'not published in the tables'}")
+    return "\n".join(lines)
