@@ -13,7 +13,7 @@ from .version import __version__
 _API_NAMES = {
     "RunConfig", "load_config", "train", "Trainer", "check_config", "evaluate_checkpoint", "build_model",
     "build_distiller", "build_data", "load_split", "DataConfig", "DistillContext", "MODELS", "DATASETS",
-    "DISTILLERS", "STRATEGIES",
+    "DISTILLERS", "STRATEGIES", "load_foreign_state_dict", "to_reference_state_dict",
 }
 
 

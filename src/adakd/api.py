@@ -20,21 +20,42 @@ from . import strategies as _strategies  # noqa: F401  (registers the strategies
 from .config import RunConfig, load_config
 from .data import DataConfig, build_data, load_split
 from .engine.components import check_config, load_student, resolve_checkpoint
-from .engine.checkpoint import load_checkpoint, load_weights
+from .engine.checkpoint import load_checkpoint, load_model_weights, load_weights
 from .runtime.device import resolve_device
 from .engine.evaluate import evaluate
 from .engine.trainer import Trainer, train
 from .errors import CheckpointError, ConfigError
 from .losses.base import DistillContext
 from .losses.build import build_distiller
-from .models import build_model
+from .models import build_model as _build_model, model_options
+from .models.foreign import to_reference_state_dict
 from .registry import DATASETS, DISTILLERS, MODELS, STRATEGIES
 
 __all__ = [
     "RunConfig", "load_config", "train", "Trainer", "check_config", "evaluate_checkpoint", "build_model",
     "build_distiller", "build_data", "load_split", "DataConfig", "DistillContext", "MODELS", "DATASETS",
-    "DISTILLERS", "STRATEGIES",
+    "DISTILLERS", "STRATEGIES", "load_foreign_state_dict", "to_reference_state_dict",
 ]
+
+#: Load weights from a file (read weights-only) or a state dict, in any layout the model knows (ours,
+#: RepDistiller/mdistiller's, torchvision's); returns the layout read. See adakd/models/foreign.py.
+load_foreign_state_dict = load_model_weights
+
+
+def build_model(name: str, num_classes: int = 100, in_channels: int = 3, image_size: int = 32,
+                weights: str | Path | None = None, weights_format: str | None = None, **kwargs: Any) -> Any:
+    """The registered model ``name`` (see :func:`adakd.models.build_model`), with ``weights`` loaded when
+    given: an adakd checkpoint or run's student, a RepDistiller/mdistiller file (``ckpt_epoch_240.pth``,
+    a saved student with ``module.``/``student.`` prefixes), a bare state_dict; ``weights_format`` forces a
+    layout (adakd, reference, repdistiller, mdistiller, torchvision). ``tv:``/``timm:`` models take
+    ``weights`` themselves (a weight name or file, see their adapters)."""
+    if weights is not None and "weights" in model_options(name):
+        return _build_model(name, num_classes, in_channels, image_size, weights=str(weights), **kwargs)
+    model = _build_model(name, num_classes, in_channels, image_size, **kwargs)
+    if weights is not None:
+        path = Path(weights).expanduser()
+        load_model_weights(model, path, weights_format, f"weights {path} for {name}")
+    return model
 
 
 def _read_run_config(run_dir: Path) -> RunConfig | None:

@@ -106,7 +106,12 @@ class TeacherConfig(ModelConfig):
     ``recipe`` beside it, the recipe trains the teacher when that file is absent (one line says so).
     """
 
+    #: An adakd checkpoint / run dir, or a foreign weight file (RepDistiller/mdistiller ``ckpt_epoch_240.pth``,
+    #: a state_dict, torchvision weights for ``tv:`` models): its layout is detected (models/foreign.py).
     checkpoint: str | None = None
+    #: The layout of ``checkpoint``: auto (detected), or forced: adakd, reference (= repdistiller, mdistiller:
+    #: the CRD code's names), torchvision.
+    format: Literal["auto", "adakd", "reference", "repdistiller", "mdistiller", "torchvision"] = "auto"
     recipe: str | None = None
     #: The teacher-output cache (adakd/engine/teacher_cache.py): "off", "auto" (under
     #: $ADAKD_CACHE/teacher_outputs/<key>/, built on first use) or the PATH of a built cache.

@@ -22,7 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
+from ..models.foreign import (canonical_format, is_state_dict, load_foreign_state_dict, native_format,
+                              unwrap_state_dict)
 
 #: Marks our checkpoints; a file without it is "foreign".
 FORMAT = "adakd-checkpoint-v1"
@@ -159,13 +161,38 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
                                   "one written with it): the file was damaged or modified. Use another "
                                   "checkpoint (e.g. checkpoints/last.prev.pt) or rerun.")
         return obj
-    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return {"format": "state_dict", "model": obj}
-    for key in ("model", "state_dict", "net"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            return {"format": "foreign", "model": obj[key]}
-    raise CheckpointError(f"{path} does not hold model weights adakd can read "
-                          "(expected an adakd checkpoint or a state_dict).")
+    state_dict = unwrap_state_dict(obj)
+    if state_dict is not None:
+        return {"format": "state_dict" if is_state_dict(obj) else "foreign", "model": state_dict}
+    raise CheckpointError(f"{path} does not hold model weights adakd can read (expected an adakd checkpoint, "
+                          "a state_dict, or a dict holding one under model/state_dict/net/student).")
+
+
+def load_model_weights(model: nn.Module, source: str | os.PathLike[str] | dict[str, Any],
+                       format: str | None = None, what: str | None = None) -> str:
+    """Load weights into ``model`` from a file (read weights-only; ours SHA-256 checked) or a state dict /
+    checkpoint object, in any layout the model knows (models/foreign.py); returns the layout read.
+
+    Our own checkpoints load as they were saved (``format`` must be auto or the model's own);
+    other files are matched against the model's layouts, ``format`` forcing one."""
+    fmt = canonical_format(format)
+    if isinstance(source, (str, os.PathLike)):
+        what = what or f"weights file {source}"
+        state = load_checkpoint(source)
+    else:
+        what = what or "weights"
+        state = source
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        own = native_format(model)
+        if fmt not in ("auto", own):
+            raise ConfigError(f"{what} is an adakd checkpoint (layout {own!r}); drop format {format!r} "
+                              "or set it to auto.")
+        load_weights(model, state["model"], what)
+        return own
+    try:
+        return load_foreign_state_dict(model, state.get("model", state) if isinstance(state, dict) else state, fmt)
+    except ConfigError as exc:
+        raise ConfigError(f"{what} does not fit: {exc}") from None
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:

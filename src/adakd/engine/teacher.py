@@ -22,7 +22,7 @@ from ..data import DatasetInfo
 from ..errors import ConfigError
 from ..models import build_model
 from ..models.contract import ContractModel
-from .checkpoint import load_checkpoint, load_weights
+from .checkpoint import load_model_weights
 from .published_teachers import existing_published_path, published_path
 
 #: Config keys that do not change the trained teacher's weights.
@@ -126,8 +126,7 @@ def load_teacher(teacher: TeacherConfig, info: DatasetInfo, device: torch.device
     """Build the teacher architecture, load its weights, freeze it (eval mode, no grads)."""
     model = build_model(teacher.name, num_classes=info.num_classes, in_channels=info.in_channels,
                         image_size=info.image_size, **teacher.kwargs)
-    state = load_checkpoint(checkpoint)
-    load_weights(model, state["model"], f"teacher checkpoint {checkpoint}")
+    load_model_weights(model, checkpoint, teacher.format, f"teacher checkpoint {checkpoint}")
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)

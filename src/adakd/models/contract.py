@@ -101,6 +101,13 @@ class ContractModel(nn.Module):
     fc: nn.Module
     family: str = ""
     input_shape: tuple[int, int, int] = (3, 32, 32)
+    #: The layout of ``state_dict()`` (models/foreign.py): "adakd", or the wrapped library's ("torchvision").
+    native_format: str = "adakd"
+
+    def reference_modules(self) -> dict[str, str] | None:
+        """Our module paths -> the reference code's (RepDistiller/mdistiller) for the same architecture, so
+        their weight files load (models/foreign.py); None where the family has no reference layout."""
+        return None
 
     # -- the head ---------------------------------------------------------
     def embed(self, h: Tensor) -> Tensor:

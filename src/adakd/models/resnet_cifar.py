@@ -132,10 +132,25 @@ class CifarResNet(ContractModel):
         self.depth = depth
         init_weights(self)
 
+    def reference_modules(self) -> dict[str, str]:
+        """Our module paths -> RepDistiller's (``conv1``/``bn1``, ``layer{s}.{i}``, ``fc``); models/foreign.py."""
+        return {"units.0.conv": "conv1", "units.0.bn": "bn1", "fc": "fc", **stage_block_names(self, "layer{}.{}")}
+
     def preact_bns(self) -> list[nn.Module | None]:
         # Stages after the stem: the last block's bn2 (its pre-activation is bn2 + shortcut;
         # RepDistiller/mdistiller take bn2 for OFD's margin as well).
         return [self.units[0].bn] + [self.units[e].bn2 for e in self.stage_ends[1:]]
+
+
+def stage_block_names(model: ContractModel, pattern: str) -> dict[str, str]:
+    """``{"units.<u>": pattern.format(stage, index)}`` for every block: stages count from 1, blocks
+    within a stage from 0 (``layer2.0`` is the first block of the second stage)."""
+    names = {}
+    for stage in range(1, len(model.stage_ends)):
+        start, end = model.stage_unit_range(stage)
+        for index, unit in enumerate(range(start, end)):
+            names[f"units.{unit}"] = pattern.format(stage, index)
+    return names
 
 
 def _builder(name: str, depth: int, default_widths: tuple[int, int, int, int]) -> Callable[..., CifarResNet]:

@@ -257,8 +257,10 @@ def build_torchvision(arch: str, num_classes: int, in_channels: int, image_size:
         net = factory(num_classes=num_classes, **options)
     resize_classifier(net, num_classes)
     adapt_first_conv(net, in_channels, pretrained=bool(weights))
-    return ChainAdapter(net, input_shape=(in_channels, image_size, image_size), family=family,
-                        **split_torchvision(family, net))
+    adapter = ChainAdapter(net, input_shape=(in_channels, image_size, image_size), family=family,
+                           **split_torchvision(family, net))
+    adapter.native_format = "torchvision"  # its state dict is torchvision's (models/foreign.py)
+    return adapter
 
 
 # --------------------------------------------------------------------------- the registry

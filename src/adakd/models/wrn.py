@@ -30,6 +30,7 @@ from ..errors import ConfigError
 from ..registry import MODELS
 from .init import init_weights
 from .contract import ContractModel
+from .resnet_cifar import stage_block_names
 
 PAPER = "Zagoruyko, Komodakis, Wide Residual Networks, BMVC 2016"
 
@@ -116,6 +117,19 @@ class WideResNet(ContractModel):
         self.fc = nn.Linear(in_planes, num_classes)
         self.input_shape = (in_channels, image_size, image_size)
         init_weights(self, zero_linear_bias=True)
+
+    def reference_modules(self) -> dict[str, str]:
+        """Our module paths -> RepDistiller's (models/foreign.py). Blocks are ``block{s}.layer.{i}``
+        (``shortcut`` is ``convShortcut``); a stage's ``post_bn`` is the next stage's first ``bn1``, the
+        last one the final ``bn1``."""
+        names = {"units.0": "conv1", "fc": "fc"}
+        for unit, theirs in stage_block_names(self, "block{}.layer.{}").items():
+            names[unit] = theirs
+            names[f"{unit}.shortcut"] = f"{theirs}.convShortcut"
+        ends = self.stage_ends[1:]
+        for stage, end in enumerate(ends, start=1):
+            names[f"units.{end}.post_bn"] = f"block{stage + 1}.layer.0.bn1" if stage < len(ends) else "bn1"
+        return names
 
     def preact_bns(self) -> list[nn.Module | None]:
         return [None] + [self.units[e].post_bn for e in self.stage_ends[1:]]
