@@ -18,7 +18,7 @@ import pytest
 from adakd.cli import main
 from adakd.config import TeacherConfig, load_config
 from adakd.engine.published_teachers import existing_published_path, published_path, teachers_root
-from adakd.engine.teacher import teacher_checkpoint_path
+from adakd.engine.teacher import cache_root, teacher_checkpoint_path
 from adakd.errors import ConfigError
 from adakd.tools import teachers
 from adakd.tools.download import DownloadError
@@ -304,3 +304,52 @@ def test_sweeps_and_bases_keep_the_word_published(tmp_path):
     (tmp_path / "c.yaml").write_text("name: c\ndata: {name: cifar100}\nstudent: {name: resnet8x4}\n"
                                      "teacher: {name: resnet32x4, checkpoint: published}\n")
     assert load_config(tmp_path / "c.yaml").teacher.checkpoint == "published"
+
+
+# ------------------------------------------------------------------ a CIFAR-100 config's dry run
+def save_reference_teacher(name: str, path: Path, seed: int = 0) -> dict:
+    """A randomly initialised zoo model saved the reference way: {"model": their state_dict, "epoch": 240}."""
+    import torch
+
+    from adakd.models import build_model
+    from adakd.models.foreign import to_reference_state_dict
+
+    torch.manual_seed(seed)
+    sd = to_reference_state_dict(build_model(name, num_classes=100))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": sd, "epoch": 240}, path)
+    return sd
+
+
+@pytest.fixture
+def cifar100_root(tmp_path) -> Path:
+    from test_data import write_cifar
+
+    write_cifar(tmp_path / "cifar", "cifar100")
+    return tmp_path / "cifar"
+
+
+def dry_run(pair: str, cifar100_root: Path) -> list[str]:
+    return ["train", str(REPO / "configs" / "cifar100" / "kd" / f"{pair}.yaml"), "--dry-run",
+            f"data.root={cifar100_root}", "data.options.verify_checksum=false", "device=cpu"]
+
+
+def test_cifar100_dry_run_loads_the_published_teacher_and_trains_none(root, cifar100_root, capsys):
+    path = published_path("resnet32x4", "cifar100")
+    save_reference_teacher("resnet32x4", path)
+    recipe_runs = set(cache_root().glob("*"))
+    assert main(dry_run("res32x4_res8x4", cifar100_root)) == 0
+    err = capsys.readouterr().err
+    assert f"teacher weights: using the published teacher {path}" in err
+    assert set(cache_root().glob("*")) == recipe_runs  # no recipe run, not even its lock: nothing was trained
+    # the file is really loaded: another architecture's weights at that path fail the dry run
+    save_reference_teacher("resnet56", path)
+    assert main(dry_run("res32x4_res8x4", cifar100_root)) == 2
+    assert f"published teacher {path} does not fit" in capsys.readouterr().err
+
+
+def test_cifar100_dry_run_without_the_file_names_the_recipe_fallback(root, cifar100_root, capsys):
+    assert main(dry_run("res56_res20", cifar100_root)) == 0
+    err = capsys.readouterr().err
+    assert "teacher weights: published teacher resnet56 not found at" in err and "training it from recipe" in err
+    assert not (root / "cifar_teachers").exists()

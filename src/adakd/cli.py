@@ -170,6 +170,8 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"student {built['student']}, teacher {built['teacher']}, losses {built['losses'] or ['ce only']}, "
               f"strategy {built['strategy']} (phases {', '.join(built['phases'])}): every part built and stepped "
               "once on a random batch, data files found", file=sys.stderr)
+        if built.get("teacher_weights"):
+            print(f"teacher weights: {built['teacher_weights']}", file=sys.stderr)
         return 0
     if allowed and not args.resume:
         raise ConfigError("--allow-changes only applies with --resume.")
