@@ -353,3 +353,32 @@ def test_cifar100_dry_run_without_the_file_names_the_recipe_fallback(root, cifar
     err = capsys.readouterr().err
     assert "teacher weights: published teacher resnet56 not found at" in err and "training it from recipe" in err
     assert not (root / "cifar_teachers").exists()
+
+
+# ------------------------------------------------------------------ adakd eval: the published figure beside ours
+def save_adakd_student(name: str, path: Path, cifar100_root: Path) -> None:
+    import torch
+
+    from adakd.data import DataConfig
+    from adakd.engine.checkpoint import save_checkpoint
+    from adakd.models import build_model
+
+    torch.manual_seed(0)
+    data = DataConfig(name="cifar100", root=str(cifar100_root), batch_size=2, options={"verify_checksum": False})
+    meta = {"model": name, "kwargs": {}, "num_classes": 100, "in_channels": 3, "image_size": 32,
+            "data": data.model_dump(mode="json")}
+    save_checkpoint(path, {"kind": "student", "model": build_model(name, num_classes=100).state_dict(), "meta": meta})
+
+
+def test_eval_of_a_teacher_architecture_prints_the_published_figure(tmp_path, cifar100_root, capsys):
+    save_adakd_student("resnet56", tmp_path / "resnet56.pt", cifar100_root)
+    assert main(["eval", str(tmp_path / "resnet56.pt"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("resnet56 on cifar100 test (8 images): top-1 ")
+    assert "(published teacher: top-1 72.34%, CRD table (last epoch))" in out
+    assert main(["eval", str(tmp_path / "resnet56.pt"), "--device", "cpu", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["published_top1"] == {"top1": 72.34, "source": "CRD table (last epoch)"}
+    save_adakd_student("resnet20", tmp_path / "resnet20.pt", cifar100_root)  # a student of the tables: no figure
+    assert main(["eval", str(tmp_path / "resnet20.pt"), "--device", "cpu"]) == 0
+    assert "published" not in capsys.readouterr().out

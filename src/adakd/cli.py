@@ -183,14 +183,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .api import evaluate_checkpoint
+    from .tools.teachers import published_top1
 
     result = evaluate_checkpoint(args.target, which=args.which, data_root=args.data_root, device=args.device,
                                  split=args.split)
+    published = published_top1(result["model"], result["dataset"]) if result["split"] == "test" else None
+    if published is not None:  # a teacher architecture of the tables: their figure beside ours
+        result["published_top1"] = {"top1": published.top1, "source": published.source}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(f"{result['model']} on {result['dataset']} {result['split']} ({result['count']} images): "
-              f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
+              f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}"
+              + (f"  (published teacher: top-1 {published.top1:.2f}%, {published.source})" if published else ""))
     return 0
 
 
