@@ -17,6 +17,8 @@ Layout (every file but base.yaml inherits another):
                                                absent, from teachers/<model>.yaml (one line says so)
     configs/cifar100/scratch/<pair>.yaml       the student of <pair> alone (so that sweeps can use
                                                ``../configs/cifar100/{method}/{pair}.yaml`` for every row)
+    configs/cifar100/tables/<table>.yaml       a sweep file (not a run config) per published table (TABLES):
+                                               ``adakd sweep configs/cifar100/tables/crd.yaml``
 
 Loss weights are reference.md's (CE 1 unless said). FSP and KD-SVD compare channel spaces, so they
 exist only for pairs whose stages have equal widths. Edit the matrix here, never the generated files.
@@ -82,6 +84,18 @@ METHODS: dict[str, tuple[float, dict[str, dict[str, Any]], str]] = {
 }
 
 
+#: The published tables a sweep reproduces: id -> (title, pairs, methods, seeds). "scratch" is the Student row.
+TABLES: dict[str, tuple[str, list[str], list[str], list[int]]] = {
+    "crd": ("the CRD table (Tian et al., ICLR 2020, Tables 1-2): every pair, the classic methods; last epoch",
+            list(PAIRS), ["scratch", "kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst",
+                          "crd", "crd_kd"], [0, 1, 2]),
+    "dkd": ("the DKD table (Zhao et al., CVPR 2022, Tables 1-2, mdistiller): best epoch, mean of 5 runs",
+            ["res56_res20", "res110_res32", "res32x4_res8x4", "wrn40_2_wrn16_2", "wrn40_2_wrn40_1", "vgg13_vgg8",
+             "res32x4_shv1", "wrn40_2_shv1", "vgg13_mv2", "res50_mv2", "res32x4_shv2"],
+            ["scratch", "fitnet", "rkd", "crd", "ofd", "reviewkd", "kd", "dkd"], [0, 1, 2, 3, 4]),
+}
+
+
 def applies(method: str, pair: str) -> bool:
     return method not in ("fsp", "kdsvd") or pair in EQUAL_WIDTHS
 
@@ -106,6 +120,28 @@ def method_config(method: str, pair: str) -> tuple[dict[str, Any], str]:
     if published is not None:
         note += f"# Published: {published.top1:.2f}% top-1, {published.source}.\n"
     return cfg, note
+
+
+def table_sweep(table: str) -> tuple[dict[str, Any], str]:
+    """The sweep file of one table: its pairs x methods x seeds over the configs of this matrix."""
+    title, pairs, methods, seeds = TABLES[table]
+    exclude = [{"method": m, "pair": skip} for m in methods if (skip := [p for p in pairs if not applies(m, p)])]
+    first_with = {}  # the Student row: each student trained alone once (several pairs share a student)
+    for p in pairs:
+        first_with.setdefault(PAIRS[p][1], p)
+    repeated = [p for p in pairs if first_with[PAIRS[p][1]] != p]
+    if repeated:
+        exclude.append({"method": "scratch", "pair": repeated})
+    sweep = {"name": f"c100-{table}", "output_dir": f"../../../results/cifar100-{table}-table/runs", "seeds": seeds,
+             "overrides": ["progress=false"],
+             "grid": {"pair": {p: {} for p in pairs}, "method": {m: {"base": "../{method}/{pair}.yaml"} for m in methods}},
+             "exclude": exclude}
+    runs = len(seeds) * (len(pairs) * len(methods) - sum(len(e["pair"]) for e in exclude))
+    note = (f"# Reproduces {title}.\n# {runs} runs of 240 epochs; the teachers are the published ones "
+            "(`adakd teachers fetch cifar100` first).\n"
+            f"#   adakd sweep configs/cifar100/tables/{table}.yaml [--parallel N]   (resumable)\n"
+            f"#   adakd report configs/cifar100/tables/{table}.yaml                (ours beside the published figures)\n")
+    return sweep, note
 
 
 def dump(cfg: dict[str, Any]) -> str:
@@ -162,6 +198,9 @@ def all_files() -> dict[Path, str]:
             if applies(method, pair):
                 cfg, note = method_config(method, pair)
                 files[OUT / method / f"{pair}.yaml"] = HEADER + note + dump(cfg)
+    for table in TABLES:
+        sweep, note = table_sweep(table)
+        files[OUT / "tables" / f"{table}.yaml"] = HEADER + note + dump(sweep)
     return files
 
 

@@ -117,6 +117,8 @@ def test_every_shipped_config_validates(capsys, fmnist_root):
     from adakd.engine.components import check_names_and_options
 
     for path in configs:
+        if path.parent.name == "tables":  # configs/cifar100/tables/: sweep files (tests/test_zoo_configs.py)
+            continue
         if path.parent.name == "fashion_mnist" and path.stem in ("kd", "abl_kd", "sakd_at", "ft", "crd_kd", "aekt"):
             assert main(["train", str(path), f"data.root={fmnist_root}", "--dry-run"]) == 0, path
         else:
