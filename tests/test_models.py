@@ -17,7 +17,8 @@ from adakd.registry import MODELS
 
 ZOO = ["resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4",
        "resnet32x4", "ResNet50", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg11", "vgg13",
-       "vgg16", "vgg19", "MobileNetV2", "MobileNetV1", "ShuffleV1", "ShuffleV2"]
+       "vgg16", "vgg19", "MobileNetV2", "MobileNetV1", "ShuffleV1", "ShuffleV2", "ResNet18",
+       "mobilenetv2_tinyimagenet"]
 
 
 @pytest.fixture(autouse=True)
@@ -95,6 +96,30 @@ def count_resnet50(cin: int = 3, classes: int = 100) -> int:
     return total + linear(2048, classes)
 
 
+def count_resnet18(cin: int = 3, classes: int = 100) -> int:
+    # mdistiller's resnetv2.ResNet18: basic blocks 2/2/2/2, a 1x1 conv-BN shortcut where the shape changes
+    total, inp = conv(3, cin, 64) + bn(64), 64
+    for planes in (64, 128, 256, 512):
+        for i in range(2):
+            total += conv(3, inp, planes) + bn(planes) + conv(3, planes, planes) + bn(planes)
+            if inp != planes:
+                total += conv(1, inp, planes) + bn(planes)
+            inp = planes
+    return total + linear(512, classes)
+
+
+def count_mobilenetv2_tiny(cin: int = 3, classes: int = 100) -> int:
+    # mdistiller's mv2_tinyimagenet.py: width 1.0, every conv biased, 1x1 conv classifier
+    total, inp = conv(1, cin, 32, bias=True) + bn(32), 32
+    for t, c, n in [(1, 16, 1), (6, 24, 2), (6, 32, 3), (6, 64, 4), (6, 96, 3), (6, 160, 3), (6, 320, 1)]:
+        for _ in range(n):
+            h = inp * t
+            total += conv(1, inp, h, bias=True) + bn(h) + conv(3, h, h, groups=h, bias=True) + bn(h)
+            total += conv(1, h, c, bias=True) + bn(c)
+            inp = c
+    return total + conv(1, 320, 1280, bias=True) + bn(1280) + conv(1, 1280, classes, bias=True)
+
+
 def count_mobilenetv2(cin: int = 3, classes: int = 100) -> int:
     # width 0.5: channels halved; (t, c, n) per group; expansion conv kept at t = 1
     total, inp = conv(3, cin, 16) + bn(16), 16
@@ -148,7 +173,8 @@ def closed_form(name: str, cin: int = 3, classes: int = 100) -> int:
     if name.startswith("vgg"):
         return count_vgg(VGG_CFG[name], cin, classes)
     return {"ResNet50": count_resnet50, "MobileNetV2": count_mobilenetv2, "MobileNetV1": count_mobilenetv1,
-            "ShuffleV1": count_shufflev1, "ShuffleV2": count_shufflev2}[name](cin, classes)
+            "ShuffleV1": count_shufflev1, "ShuffleV2": count_shufflev2, "ResNet18": count_resnet18,
+            "mobilenetv2_tinyimagenet": count_mobilenetv2_tiny}[name](cin, classes)
 
 
 #: published sizes (reference.md / the CRD paper's code) and, for the rest, the closed forms above
@@ -161,6 +187,7 @@ EXPECTED_COUNTS = {
     "resnet110": 1_736_564, "ResNet50": 23_705_252, "wrn_16_1": 180_916, "wrn_40_1": 569_780,
     "vgg8": 3_965_028, "vgg11": 9_277_284, "vgg13": 9_462_180, "vgg16": 14_774_436, "vgg19": 20_086_692,
     "MobileNetV2": 812_836, "MobileNetV1": 3_309_476, "ShuffleV1": 949_258, "ShuffleV2": 1_355_528,
+    "ResNet18": 11_220_132, "mobilenetv2_tinyimagenet": 2_369_380,
 }
 
 
@@ -194,7 +221,9 @@ def test_parameter_counts():
 # -- the contract, model by model ------------------------------------------------------------------
 
 #: stages whose last unit ends with a ReLU (their pre-activation output differs from the output)
-RELU_STAGES = {"wrn": [1, 2, 3], "MobileNetV2": [0]}
+RELU_STAGES = {"wrn": [1, 2, 3], "MobileNetV2": [0], "mobilenetv2_tinyimagenet": [0, 4]}
+#: stages ending with ReLU6 instead of ReLU
+RELU6 = {"mobilenetv2_tinyimagenet"}
 
 
 def relu_stages(name: str, num_stage_outputs: int) -> list[int]:
@@ -234,7 +263,8 @@ def test_contract_at_32x32(name):
         if not torch.equal(stage, pre):
             differs.append(k)
             # a ReLU ends the stage: preact keeps its negative part (no in-place op overwrote it)
-            assert (pre < 0).any() and torch.equal(stage, F.relu(pre)), k
+            act = F.relu6 if name in RELU6 else F.relu
+            assert (pre < 0).any() and torch.equal(stage, act(pre)), k
     assert differs == relu_stages(name, len(f.stages))
     # preact_bns: one per stage output, each a BatchNorm of the model with the stage's channels
     bns = model.preact_bns()

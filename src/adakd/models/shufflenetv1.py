@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..registry import MODELS
 from .contract import ContractModel
-from .resnet_cifar import ConvBNReLU
+from .resnet_cifar import ConvBNReLU, stage_block_names
 
 PAPER = ("Zhang, Zhou, Lin, Sun, ShuffleNet: An Extremely Efficient Convolutional Neural Network for "
          "Mobile Devices, CVPR 2018")
@@ -92,6 +92,11 @@ class ShuffleNetV1(ContractModel):
         self.stage_ends = stage_ends
         self.fc = nn.Linear(c, num_classes)
         self.input_shape = (in_channels, image_size, image_size)
+
+    def reference_modules(self) -> dict[str, str]:
+        """Our module paths -> RepDistiller's (``conv1``/``bn1``, ``layer{s}.{i}``, ``linear``); models/foreign.py."""
+        return {"units.0.conv": "conv1", "units.0.bn": "bn1", "fc": "linear",
+                **stage_block_names(self, "layer{}.{}")}
 
     def preact_bns(self) -> list[nn.Module | None]:
         # The last unit's bn3 (its pre-activation is bn3 + identity), as for the ResNets.

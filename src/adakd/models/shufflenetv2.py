@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..registry import MODELS
 from .contract import ContractModel
-from .resnet_cifar import ConvBNReLU
+from .resnet_cifar import ConvBNReLU, stage_block_names
 from .shufflenetv1 import channel_shuffle
 
 PAPER = "Ma, Zhang, Zheng, Sun, ShuffleNet V2: Practical Guidelines for Efficient CNN Architecture Design, ECCV 2018"
@@ -123,6 +123,11 @@ class ShuffleNetV2(ContractModel):
     def embed(self, h: Tensor) -> Tensor:
         """1x1 conv-BN-ReLU to 1024 channels, then global average pool -> [B, 1024]."""
         return super().embed(self.conv2(h))
+
+    def reference_modules(self) -> dict[str, str]:
+        """Our module paths -> RepDistiller's (``conv1``/``bn1``, ``layer{s}.{i}``, ``linear``); models/foreign.py."""
+        return {"units.0.conv": "conv1", "units.0.bn": "bn1", "fc": "linear", "conv2.conv": "conv2", "conv2.bn": "bn2",
+                **stage_block_names(self, "layer{}.{}")}
 
     def preact_bns(self) -> list[nn.Module | None]:
         # Stage pre-activations interleave pass-through channels with a BN's: no single BN produces them.

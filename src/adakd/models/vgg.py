@@ -79,6 +79,19 @@ class VGG(ContractModel):
         self.input_shape = (in_channels, image_size, image_size)
         init_weights(self, linear_std=0.01, zero_linear_bias=True)
 
+    def reference_modules(self) -> dict[str, str]:
+        """Our module paths -> RepDistiller's (models/foreign.py): group g is ``block{g}``, a Sequential of
+        conv, BN, ReLU per layer, so its j-th conv/BN are ``block{g}.{3j}``/``{3j+1}``; ``fc`` is ``classifier``."""
+        names = {"fc": "classifier"}
+        layers = [f"units.0.{j}" for j in range(len(self.units[0]))]
+        for j, ours in enumerate(layers):
+            names[f"{ours}.conv"], names[f"{ours}.bn"] = f"block0.{3 * j}", f"block0.{3 * j + 1}"
+        for g in range(1, len(self.stage_ends)):
+            start, end = self.stage_unit_range(g)
+            for j, unit in enumerate(range(start, end)):
+                names[f"units.{unit}.conv"], names[f"units.{unit}.bn"] = f"block{g}.{3 * j}", f"block{g}.{3 * j + 1}"
+        return names
+
     def preact_bns(self) -> list[nn.Module | None]:
         return [self.units[0][-1].bn] + [self.units[e].bn for e in self.stage_ends[1:]]
 
