@@ -382,3 +382,39 @@ def test_eval_of_a_teacher_architecture_prints_the_published_figure(tmp_path, ci
     save_adakd_student("resnet20", tmp_path / "resnet20.pt", cifar100_root)  # a student of the tables: no figure
     assert main(["eval", str(tmp_path / "resnet20.pt"), "--device", "cpu"]) == 0
     assert "published" not in capsys.readouterr().out
+
+
+def test_teachers_eval_measures_each_present_teacher_beside_its_published_figure(root, cifar100_root, capsys,
+                                                                                 monkeypatch):
+    import torch
+    import torch.nn.functional as F
+
+    from adakd.data import cifar as cifar_module
+    from adakd.data import load_split
+
+    monkeypatch.setattr(cifar_module, "check_md5", lambda *args: None)  # the tiny archive is not the published one
+    from adakd.engine.checkpoint import load_model_weights
+    from adakd.models import build_model
+
+    for seed, name in enumerate(("resnet56", "wrn_40_2")):
+        save_reference_teacher(name, published_path(name, "cifar100"), seed=seed)
+    args = ["teachers", "eval", "cifar100", "--data-root", str(cifar100_root), "--device", "cpu", "--json"]
+    assert main(args) == 0
+    rows = {r["model"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == {"resnet56", "wrn_40_2"}  # the present ones only
+    assert (rows["resnet56"]["published_top1"], rows["wrn_40_2"]["published_top1"]) == (72.34, 75.61)
+    # the measured loss is the loaded weights' own: recomputed here from the test split by hand
+    images, labels, _ = load_split("cifar100", cifar100_root, "test", verify_checksum=False)
+    mean = torch.tensor([0.5071, 0.4867, 0.4408]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2675, 0.2565, 0.2761]).view(1, 3, 1, 1)
+    x = (torch.as_tensor(images).float() / 255 - mean) / std
+    for name, row in rows.items():
+        model = build_model(name, num_classes=100).eval()
+        load_model_weights(model, published_path(name, "cifar100"))
+        with torch.no_grad():
+            logits = model(x)
+        assert row["count"] == len(labels)
+        assert row["loss"] == pytest.approx(F.cross_entropy(logits, torch.as_tensor(labels).long()).item(), rel=1e-4)
+        assert row["top1"] == pytest.approx(100 * (logits.argmax(1) == torch.as_tensor(labels)).float().mean().item())
+    assert main(args[:-1] + ["--model", "resnet32x4"]) == 2  # not here: the one error naming the fetch
+    assert "adakd teachers fetch cifar100" in capsys.readouterr().err

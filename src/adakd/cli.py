@@ -9,6 +9,7 @@
     adakd cache build CONFIG [key=value ...]  |  adakd cache info PATH [--json]
     adakd report SWEEP.yaml|RUNS_DIR [--out DIR]
     adakd teachers list [--json]  |  adakd teachers fetch cifar100 [--url URL] [--force]
+    adakd teachers eval cifar100 [--model resnet32x4 ...] [--data-root DIR] [--json]
     adakd bench [--suite adaptive] [--batch-size 64 128] [--compile] [--json] [--out FILE]
 
 User errors print one message and exit with code 2 (``--debug`` shows the traceback).
@@ -144,6 +145,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--url", default=None, help="the archive's URL, if not the release's (a mirror)")
     t.add_argument("--force", action="store_true", help="download and unpack again although the folder is there")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t = tsub.add_parser("eval", help="top-1 of the published teachers here on the test split, beside the published "
+                        "figure (checks your copy of the teachers and of the data)")
+    t.add_argument("dataset", help="cifar100 or tiny_imagenet")
+    t.add_argument("--model", nargs="+", default=None, help="only these teachers (default: every one present)")
+    t.add_argument("--data-root", default=None, help="where the dataset lives ($ADAKD_DATA, ... otherwise)")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--json", action="store_true")
 
     p = sub.add_parser("report", help="results table (mean +- std over seeds, gains, published numbers) of runs")
     p.add_argument("target", help="sweep file, or a folder holding run directories")
@@ -316,6 +324,10 @@ def cmd_teachers(args: argparse.Namespace) -> int:
     if args.teachers_command == "list":
         rows = teachers.listing()
         print(json.dumps(rows, indent=2) if args.json else teachers.format_listing(rows))
+        return 0
+    if args.teachers_command == "eval":
+        rows = teachers.evaluate_published(args.dataset, args.model, args.data_root, args.device)
+        print(json.dumps(rows, indent=2) if args.json else teachers.format_evaluation(rows))
         return 0
     fetched = teachers.fetch(args.dataset, url=args.url, force=args.force, progress=not args.no_progress,
                              log=lambda m: print(m, file=sys.stderr, flush=True))

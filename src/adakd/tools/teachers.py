@@ -1,4 +1,5 @@
-"""``adakd teachers fetch | list``: get the published teachers (engine/published_teachers.py) onto this machine.
+"""``adakd teachers fetch | list | eval``: get the published teachers (engine/published_teachers.py) onto this
+machine, see which are here, and measure them beside their published top-1.
 
 ``fetch`` downloads the release archive (resumable, tools/download.py), checks it and unpacks it atomically:
 
@@ -21,7 +22,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..engine.checkpoint import atomic_write_text
-from ..engine.published_teachers import RELEASE_PAGE, RELEASES, Release, release_for, teachers_root
+from ..engine.published_teachers import (RELEASE_PAGE, RELEASES, Release, existing_published_path, how_to_get,
+                                         release_for, teachers_root)
 from ..errors import AdakdError, ConfigError
 from .download import DownloadError, download, part_path, sha256_file
 from .report.published import Published, lookup
@@ -155,6 +157,49 @@ def _unpack(archive: Path, release: Release, target: Path) -> dict[str, str]:
         shutil.rmtree(staging.with_name(staging.name + "-previous"), ignore_errors=True)
 
 
+def evaluate_published(dataset: str, models: list[str] | None = None, data_root: str | None = None,
+                       device: str = "auto") -> list[dict[str, object]]:
+    """Top-1 of each published teacher present here (or of ``models``) on ``dataset``'s test split, beside its
+    published figure: a user checks their copy of the release (and their copy of the data) in one command."""
+    from ..data import DataConfig
+    from ..engine.checkpoint import load_model_weights
+    from ..engine.evaluate import evaluate
+    from ..models import build_model
+    from ..runtime.device import resolve_device
+    from .report.analysis_plots import evaluation_loader
+
+    release = release_for(dataset)
+    if models is None:
+        models = [m for m in release.files if (teachers_root() / release.folder / release.files[m]).is_file()]
+        if not models:
+            raise ConfigError(f"no published {dataset} teacher is under {teachers_root() / release.folder}. "
+                              f"{how_to_get(dataset, teachers_root() / release.folder)}")
+    dev = resolve_device(device)
+    loader, info = evaluation_loader(DataConfig(name=dataset, root=data_root), dev)
+    rows = []
+    for name in models:
+        path = existing_published_path(name, dataset)
+        model = build_model(name, num_classes=info.num_classes, in_channels=info.in_channels,
+                            image_size=info.image_size)
+        load_model_weights(model, path, None, f"published teacher {path}")
+        result = evaluate(model.to(dev), loader, dev, "fp32")
+        pub = published_top1(name, dataset)
+        rows.append({"dataset": dataset, "model": name, "path": str(path), "count": result["count"],
+                     "top1": result["top1"], "top5": result["top5"], "loss": result["loss"],
+                     "published_top1": pub.top1 if pub else None, "source": pub.source if pub else None})
+    return rows
+
+
+def format_evaluation(rows: list[dict[str, object]]) -> str:
+    lines = [f"{'model':<12}{'top-1':>8}{'published':>11}{'diff':>7}  test images, source"]
+    for r in rows:
+        pub = r["published_top1"]
+        diff = f"{r['top1'] - pub:+.2f}" if pub is not None else "-"
+        lines.append(f"{r['model']:<12}{r['top1']:>8.2f}{pub if pub is not None else '-':>11}{diff:>7}  "
+                     f"{r['count']}, {r['source'] or 'no published figure'}")
+    return "\n".join(lines)
+
+
 def listing() -> list[dict[str, object]]:
     """Every published teacher: dataset, model, path, present, published top-1 and its source."""
     rows = []
@@ -170,9 +215,9 @@ def listing() -> list[dict[str, object]]:
 
 def format_listing(rows: list[dict[str, object]]) -> str:
     lines = [f"published teachers under {teachers_root()} ($ADAKD_TEACHERS; `adakd teachers fetch DATASET`)",
-             f"{'dataset':<14}{'model':<12}{'here':<6}{'top-1':>7}  source"]
+             f"{'dataset':<14}{'model':<12}{'here':<6}{'published top-1':>16}  source"]
     for r in rows:
         top1 = f"{r['published_top1']:.2f}" if r["published_top1"] is not None else "-"
-        lines.append(f"{r['dataset']:<14}{r['model']:<12}{'yes' if r['present'] else 'no':<6}{top1:>7}  "
+        lines.append(f"{r['dataset']:<14}{r['model']:<12}{'yes' if r['present'] else 'no':<6}{top1:>16}  "
                      f"{r['source'] or 'not published in the tables'}")
     return "\n".join(lines)
