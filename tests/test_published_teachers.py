@@ -418,3 +418,27 @@ def test_teachers_eval_measures_each_present_teacher_beside_its_published_figure
         assert row["top1"] == pytest.approx(100 * (logits.argmax(1) == torch.as_tensor(labels)).float().mean().item())
     assert main(args[:-1] + ["--model", "resnet32x4"]) == 2  # not here: the one error naming the fetch
     assert "adakd teachers fetch cifar100" in capsys.readouterr().err
+
+
+def test_a_cifar100_kd_run_distils_from_the_published_teacher(root, cifar100_root, tmp_path):
+    """A real (2-step) run of the shipped config: the teacher is the published file (its logits are the ones
+    the distiller saw: the run's teacher equals a model loaded from that file), no recipe is trained."""
+    import adakd
+
+    path = published_path("resnet56", "cifar100")
+    save_reference_teacher("resnet56", path)
+    cfg = load_config(REPO / "configs" / "cifar100" / "kd" / "res56_res20.yaml",
+                      [f"data.root={cifar100_root}", "data.options.verify_checksum=false", "data.batch_size=2",
+                       "data.eval_batch_size=4", "train.epochs=1", "train.max_steps_per_epoch=2", "device=cpu",
+                       "progress=false", f"run_dir={tmp_path / 'run'}", "train.precision=fp32",
+                       "train.channels_last=false"])
+    recipe_runs = set(cache_root().glob("*"))
+    trainer = adakd.Trainer(cfg)
+    trainer.run()
+    assert set(cache_root().glob("*")) == recipe_runs
+    assert f"using the published teacher {path}" in (tmp_path / "run" / "train.log").read_text()
+    reference = adakd.build_model("resnet56", num_classes=100, weights=path)
+    import torch
+
+    for ours, theirs in zip(trainer.teacher.state_dict().values(), reference.state_dict().values()):
+        assert torch.equal(ours.cpu(), theirs)
