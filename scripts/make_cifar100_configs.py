@@ -134,13 +134,14 @@ def table_sweep(table: str) -> tuple[dict[str, Any], str]:
         exclude.append({"method": "scratch", "pair": repeated})
     sweep = {"name": f"c100-{table}", "output_dir": f"../../../results/cifar100-{table}-table/runs", "seeds": seeds,
              "overrides": ["progress=false"],
-             "grid": {"pair": {p: {} for p in pairs}, "method": {m: {"base": "../{method}/{pair}.yaml"} for m in methods}},
+             "grid": {"pair": {p: {} for p in pairs},
+                      "method": {m: {"base": "../{method}/{pair}.yaml"} for m in methods}},
              "exclude": exclude}
     runs = len(seeds) * (len(pairs) * len(methods) - sum(len(e["pair"]) for e in exclude))
     note = (f"# Reproduces {title}.\n# {runs} runs of 240 epochs; the teachers are the published ones "
             "(`adakd teachers fetch cifar100` first).\n"
-            f"#   adakd sweep configs/cifar100/tables/{table}.yaml [--parallel N]   (resumable)\n"
-            f"#   adakd report configs/cifar100/tables/{table}.yaml                (ours beside the published figures)\n")
+            f"#   adakd sweep configs/cifar100/tables/{table}.yaml --parallel N   (resumable)\n"
+            f"#   adakd report configs/cifar100/tables/{table}.yaml   (ours beside the published figures)\n")
     return sweep, note
 
 

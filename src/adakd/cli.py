@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="a plugin to import first (dotted module or .py file) that registers your own models, "
                              "losses, strategies or datasets; repeatable (configs can also say imports: [...])")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                help="train, eval, plot, export, bench, list, sweep, report, cache, teachers (adakd COMMAND -h)")
+                                help="train, eval, plot, export, bench, list, sweep, report, cache, teachers "
+                                     "(adakd COMMAND -h)")
 
     p = sub.add_parser("train", help="train a teacher or distil a student from a config")
     p.add_argument("config", help="YAML config (e.g. configs/fashion_mnist/kd.yaml)")
