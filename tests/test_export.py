@@ -196,6 +196,51 @@ def _fake_run(path: Path, records: list[dict]) -> Path:
     return path
 
 
+def test_reference_export_is_read_the_reference_way_and_evaluates_the_same(kd_run, tmp_path, fmnist_root, capsys):
+    """``--format reference`` writes ``{"model": sd}`` in RepDistiller/mdistiller's names; read back as they read a
+    teacher (``torch.load(f)["model"]``, here weights-only), then evaluated by architecture (``adakd eval FILE
+    --model --data``) it gives the run's own figures."""
+    from adakd.api import evaluate_checkpoint
+    from adakd.models.foreign import to_reference_state_dict
+
+    out = tmp_path / "student.pth"
+    assert main(["export", str(kd_run), "--format", "reference", "--out", str(out)]) == 0
+    saved = torch.load(out, weights_only=True)["model"]
+    student = _student(kd_run)
+    expected = to_reference_state_dict(student)
+    assert list(saved) == list(expected) and "layer1.0.conv1.weight" in saved and "conv1.weight" in saved
+    assert all(torch.equal(saved[k], expected[k]) for k in expected)
+    assert json.loads((tmp_path / "student.pth.json").read_text())["check"]["max_abs_diff"] == 0.0
+    capsys.readouterr()
+
+    data = {"name": "fashion_mnist", "root": str(fmnist_root), "test_subset": 200}
+    ours = evaluate_checkpoint(kd_run)
+    theirs = evaluate_checkpoint(out, model="resnet8", data=data, model_kwargs=TINY["kwargs"])
+    assert (theirs["top1"], theirs["loss"], theirs["count"]) == (ours["top1"], ours["loss"], ours["count"])
+    assert theirs["model"] == "resnet8" and theirs["checkpoint"] == str(out)
+
+
+def test_cli_eval_of_a_foreign_file(tmp_path, fmnist_root, capsys):
+    """A state dict without our metadata: --model/--data name it; without them one message says so."""
+    from adakd.models.foreign import to_reference_state_dict
+
+    torch.manual_seed(0)
+    model = build_model("resnet8", num_classes=10, in_channels=1, image_size=28, widths=[4, 8, 8])
+    path = tmp_path / "ckpt_epoch_240.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in to_reference_state_dict(model).items()}, "epoch": 240}, path)
+    assert main(["eval", str(path)]) == 2
+    assert "--model NAME --data DATASET" in capsys.readouterr().err
+    assert main(["eval", str(path), "--model", "resnet8"]) == 2
+    assert "needs both --model NAME and --data DATASET" in capsys.readouterr().err
+    argv = ["eval", str(path), "--model", "resnet8", "--data", "fashion_mnist", "--data-root", str(fmnist_root),
+            "--model-kwargs", "{widths: [4, 8, 8]}", "--json"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["count"] == 10_000 and result["dataset"] == "fashion_mnist" and 0 <= result["top1"] <= 100
+    assert main(argv[:-1] + ["--format", "torchvision"]) == 2
+    assert "no 'torchvision' weights layout" in capsys.readouterr().err
+
+
 def test_compare_plot_writes_pngs(kd_run, tmp_path, capsys):
     other = _fake_run(tmp_path / "b" / "tiny-kd", [  # same name as kd_run: labels become parent/name
         {"kind": "epoch", "phase": "search", "epoch": 1, "phase_epoch": 1, "loss": 3.0},

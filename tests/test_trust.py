@@ -88,6 +88,39 @@ def test_a_crafted_checkpoint_never_runs_its_payload(tmp_path, finished, fmnist_
     assert rc == 2 and "refused" in err and "Traceback" not in err, err
 
 
+def _evil_foreign(path: Path, marker: Path) -> Path:
+    """A RepDistiller/mdistiller-shaped teacher file (``{"model": sd, "epoch": ...}``) with a payload."""
+    torch.save({"model": {"conv1.weight": torch.zeros(16, 1, 3, 3)}, "epoch": 240, "opt": _Payload(marker)}, path)
+    return path
+
+
+@pytest.mark.parametrize("entry", ["build_model", "eval", "teacher", "load_foreign_state_dict"])
+def test_a_crafted_foreign_weight_file_never_runs_its_payload(tmp_path, fmnist_root, capsys, entry):
+    """The foreign-weights paths (issue 25) read weights-only too: build_model(weights=), eval --model --data,
+    teacher.checkpoint with teacher.format, adakd.load_foreign_state_dict."""
+    import adakd
+
+    marker = tmp_path / "payload-ran"
+    path = _evil_foreign(tmp_path / "ckpt_epoch_240.pth", marker)
+    if entry in ("build_model", "load_foreign_state_dict"):
+        with pytest.raises(CheckpointError, match="refused"):
+            if entry == "build_model":
+                adakd.build_model("resnet8", num_classes=10, in_channels=1, image_size=28, weights=path)
+            else:
+                adakd.load_foreign_state_dict(adakd.build_model("resnet8"), path, "reference")
+    else:
+        if entry == "eval":
+            argv = ["eval", str(path), "--model", "resnet8", "--data", "fashion_mnist", "--data-root", str(fmnist_root)]
+        else:
+            cfg = tiny(fmnist_root, tmp_path / "kd")
+            cfg.update(teacher={"name": "resnet8", "checkpoint": str(path), "format": "reference"}, losses={"kd": {}})
+            argv = ["train", str(write_config(tmp_path / "kd.yaml", cfg))]
+        rc = main(argv)
+        err = capsys.readouterr().err
+        assert rc == 2 and "refused" in err and "Traceback" not in err, err
+    assert not marker.exists(), "the payload ran"
+
+
 def _flip_a_weight_bit(path: Path) -> None:
     state = load_checkpoint(path)["model"]
     name = max(state, key=lambda k: state[k].numel())

@@ -64,19 +64,37 @@ def _read_run_config(run_dir: Path) -> RunConfig | None:
 
 
 def evaluate_checkpoint(target: str | Path, which: str = "final", data_root: str | None = None,
-                        device: str = "auto", split: str = "test") -> dict[str, Any]:
-    """Top-1/top-5 of a run directory's student (final, best or last) or of a checkpoint file."""
+                        device: str = "auto", split: str = "test", model: str | None = None,
+                        data: str | dict[str, Any] | None = None, weights_format: str | None = None,
+                        model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Top-1/top-5 of a run directory's student (final, best or last) or of a checkpoint file.
+
+    A file without our metadata (a RepDistiller/mdistiller teacher or student, a state_dict) needs the
+    architecture and the data: ``model`` (a zoo name) and ``data`` (a dataset name, or DataConfig fields);
+    the weights' layout is detected (``weights_format`` forces one, see adakd/models/foreign.py)."""
     path = resolve_checkpoint(target, which)
-    model, meta = load_student(path)
-    data_cfg = DataConfig.model_validate(meta["data"])
+    dev = resolve_device(device)
+    if model is None and data is None:
+        net, meta = load_student(path)
+        name, data_cfg = meta["model"], DataConfig.model_validate(meta["data"])
+    else:
+        if model is None or data is None:
+            raise ConfigError("evaluating a weight file by architecture needs both --model NAME and --data DATASET "
+                              "(e.g. --model resnet32x4 --data cifar100).")
+        name = model
+        data_cfg = DataConfig.model_validate({"name": data} if isinstance(data, str) else data)
     if data_root:
         data_cfg = data_cfg.model_copy(update={"root": data_root})
-    dev = resolve_device(device)
-    model.to(dev)
-    data = build_data(data_cfg, dev, seed=data_cfg.seed, log=None)
-    loader = data.test if split == "test" else data.val
+    bundle = build_data(data_cfg, dev, seed=data_cfg.seed, log=None)
+    if model is not None:
+        info = bundle.info
+        net = build_model(name, num_classes=info.num_classes, in_channels=info.in_channels,
+                          image_size=data_cfg.image_size or info.image_size, weights=path,
+                          weights_format=weights_format, **(model_kwargs or {}))
+    net.eval().to(dev)
+    loader = bundle.test if split == "test" else bundle.val
     if loader is None:
         raise ConfigError(f"the run has no {split} split: it held none out of its training set "
                           "(data.val_fraction was 0). Evaluate it with --split test, or train with data.val_fraction > 0.")
-    result = evaluate(model, loader, dev, "fp32")
-    return {"model": meta["model"], "dataset": data_cfg.name, "split": split, "checkpoint": str(path), **result}
+    result = evaluate(net, loader, dev, "fp32")
+    return {"model": name, "dataset": data_cfg.name, "split": split, "checkpoint": str(path), **result}

@@ -2,8 +2,9 @@
 
     adakd train CONFIG [key=value ...] [--resume] [--dry-run]
     adakd eval RUN_DIR_OR_CHECKPOINT [--split test|val] [--json]
+    adakd eval WEIGHTS_FILE --model NAME --data DATASET [--format auto|reference|...]   (a file without our metadata)
     adakd plot RUN_DIR [RUN_DIR ...] [--out DIR] [--analysis]
-    adakd export RUN_DIR --format onnx|torchscript|safetensors [--out PATH] [--which final|best|last]
+    adakd export RUN_DIR --format onnx|torchscript|safetensors|reference [--out PATH] [--which final|best|last]
     adakd list models|distillers|strategies|datasets [--json]
     adakd sweep SWEEP.yaml [--parallel N] [--dry-run]
     adakd cache build CONFIG [key=value ...]  |  adakd cache info PATH [--json]
@@ -68,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="where the dataset lives, if not where the run found it")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--model", default=None, help="for a weight file without our metadata (a RepDistiller/mdistiller "
+                   "ckpt_epoch_240.pth, a state_dict): the zoo architecture, e.g. resnet32x4")
+    p.add_argument("--model-kwargs", default="{}", help="with --model: YAML mapping of model builder options, "
+                   "e.g. \"{widths: [16, 32, 64]}\"")
+    p.add_argument("--data", default=None, help="with --model: the dataset to evaluate on, e.g. cifar100")
+    p.add_argument("--format", default="auto", choices=["auto", "adakd", "reference", "repdistiller", "mdistiller",
+                                                        "torchvision"],
+                   help="with --model: the weights' layout (default: detected)")
 
     p = sub.add_parser("plot", help="curves and method plots (ABL gammas, SAKD routing, AEKT relations) of a run; "
                        "with several runs, their curves on one figure")
@@ -80,9 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="where the dataset lives, if not where the run found it")
     p.add_argument("--device", default="auto")
 
-    p = sub.add_parser("export", help="the distilled student alone as ONNX, TorchScript or safetensors (+ JSON sidecar)")
+    p = sub.add_parser("export", help="the distilled student alone as ONNX, TorchScript, safetensors or the "
+                       "reference layout (+ JSON sidecar)")
     p.add_argument("target", help="run directory or student .pt checkpoint")
-    p.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors", "reference"],
+                   help="reference: {'model': state_dict} with RepDistiller/mdistiller's key names, for their tools")
     p.add_argument("--out", default=None, help="output file (default RUN_DIR/export/student.<ext>)")
     p.add_argument("--which", choices=["final", "best", "last"], default="final",
                    help="final student (default), best epoch, or the last training state of an unfinished run")
@@ -194,8 +205,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .api import evaluate_checkpoint
     from .tools.teachers import published_top1
 
+    import yaml
+
+    try:
+        model_kwargs = yaml.safe_load(args.model_kwargs) or {}
+    except yaml.YAMLError:
+        model_kwargs = None
+    if not isinstance(model_kwargs, dict):
+        raise ConfigError(f"--model-kwargs {args.model_kwargs!r} must be a YAML mapping, e.g. \"{{widths: [16, 32, 64]}}\".")
     result = evaluate_checkpoint(args.target, which=args.which, data_root=args.data_root, device=args.device,
-                                 split=args.split)
+                                 split=args.split, model=args.model, data=args.data, weights_format=args.format,
+                                 model_kwargs=model_kwargs)
     published = published_top1(result["model"], result["dataset"]) if result["split"] == "test" else None
     if published is not None:  # a teacher architecture of the tables: their figure beside ours
         result["published_top1"] = {"top1": published.top1, "source": published.source}

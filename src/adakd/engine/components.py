@@ -209,8 +209,9 @@ def load_student(path: str | Path) -> tuple[ContractModel, dict[str, Any]]:
     meta = state.get("meta")
     if not isinstance(meta, dict) or "model" not in meta:
         raise CheckpointError(f"{path} carries no model description (meta): it is not an adakd student checkpoint "
-                              "(RUN_DIR/checkpoints/student.pt, best.pt or last.pt). For other weights use "
-                              "build_model + load_weights.")
+                              "(RUN_DIR/checkpoints/student.pt, best.pt or last.pt). For other weights (a "
+                              "RepDistiller/mdistiller file, a state_dict) name the architecture and the data: "
+                              "adakd eval FILE --model NAME --data DATASET, or adakd.build_model(NAME, weights=FILE).")
     model = build_model(meta["model"], num_classes=meta["num_classes"], in_channels=meta["in_channels"],
                         image_size=meta["image_size"], **meta.get("kwargs", {}))
     load_weights(model, state["model"], f"checkpoint {path}")

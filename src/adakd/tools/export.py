@@ -11,6 +11,9 @@ with the PyTorch student's, ``max |z_export - z_torch| <= atol + rtol * max |z_t
 * ``torchscript``: ``torch.jit.trace`` then ``torch.jit.load``; checked on a batch of another size.
 * ``safetensors``: the state dict (``safetensors`` package, ``pip install 'adakd[safetensors]'``),
   reloaded into a freshly built model; weights and outputs must be equal.
+* ``reference``: ``{"model": state_dict}`` with the reference code's key names (RepDistiller/mdistiller,
+  models/foreign.py), as their ``load_state_dict(torch.load(f)["model"])`` reads a teacher; reloaded (weights
+  only) into a fresh model through the reference layout: weights and outputs must be equal.
 * ``onnx``: ``torch.onnx.export`` (``onnx`` + ``onnxscript``, ``pip install 'adakd[onnx]'``) with a
   dynamic batch axis; outputs compared with onnxruntime when it is installed, otherwise the graph is
   only validated by ``onnx.checker`` and the sidecar says so.
@@ -38,9 +41,11 @@ from ..engine.checkpoint import atomic_write_text, load_weights
 from ..engine.components import load_student, resolve_checkpoint
 from ..errors import AdakdError, CheckpointError, ConfigError
 from ..models import build_model
+from ..models.foreign import load_foreign_state_dict, to_reference_state_dict
 
 #: format -> file suffix of the export
-FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
+FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors",
+                           "reference": ".reference.pth"}
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
@@ -139,13 +144,31 @@ def _write_safetensors(model: nn.Module, x: Tensor, path: Path, meta: dict[str, 
 
 def _check_safetensors(path: Path, x: Tensor, ref: Tensor, meta: dict[str, Any]) -> CheckResult:
     st = _require("safetensors.torch", "safetensors", "safetensors export")
-    fresh = build_model(meta["model"], num_classes=meta["num_classes"], in_channels=meta["in_channels"],
-                        image_size=meta["image_size"], **meta.get("kwargs", {}))
+    fresh = _fresh(meta)
     load_weights(fresh, st.load_file(str(path)), f"exported {path.name}")
     with torch.no_grad():
         got = fresh.eval()(x)
     diff, _ = _close(got, ref, 0.0, 0.0)
     return CheckResult("safetensors.torch.load_file + a fresh model", diff, 0.0, int(x.shape[0]))
+
+
+def _fresh(meta: dict[str, Any]) -> nn.Module:
+    return build_model(meta["model"], num_classes=meta["num_classes"], in_channels=meta["in_channels"],
+                       image_size=meta["image_size"], **meta.get("kwargs", {}))
+
+
+def _write_reference(model: nn.Module, x: Tensor, path: Path, meta: dict[str, Any]) -> None:
+    torch.save({"model": to_reference_state_dict(model, "reference"), "arch": meta["model"]}, path)
+
+
+def _check_reference(path: Path, x: Tensor, ref: Tensor, meta: dict[str, Any]) -> CheckResult:
+    fresh = _fresh(meta)
+    load_foreign_state_dict(fresh, torch.load(path, map_location="cpu", weights_only=True), "reference")
+    with torch.no_grad():
+        got = fresh.eval()(x)
+    diff, _ = _close(got, ref, 0.0, 0.0)
+    return CheckResult("torch.load(weights_only) + the reference layout into a fresh model", diff, 0.0,
+                       int(x.shape[0]))
 
 
 def _write_onnx(model: nn.Module, x: Tensor, path: Path) -> None:
@@ -202,9 +225,11 @@ _WRITERS: dict[str, Callable[..., None]] = {
     "onnx": lambda m, x, p, meta: _write_onnx(m, x, p),
     "torchscript": lambda m, x, p, meta: _write_torchscript(m, x, p),
     "safetensors": _write_safetensors,
+    "reference": _write_reference,
 }
 _CHECKERS: dict[str, Callable[[Path, Tensor, Tensor, dict[str, Any]], CheckResult]] = {
     "onnx": _check_onnx, "torchscript": _check_torchscript, "safetensors": _check_safetensors,
+    "reference": _check_reference,
 }
 
 
