@@ -442,3 +442,19 @@ def test_a_cifar100_kd_run_distils_from_the_published_teacher(root, cifar100_roo
 
     for ours, theirs in zip(trainer.teacher.state_dict().values(), reference.state_dict().values()):
         assert torch.equal(ours.cpu(), theirs)
+
+
+def test_eval_of_the_published_file_prints_the_published_figure(root, tmp_path, capsys, monkeypatch):
+    from test_data import write_cifar
+
+    from adakd.data import cifar as cifar_module
+
+    monkeypatch.setattr(cifar_module, "check_md5", lambda *args: None)  # the tiny archive is not the published one
+    write_cifar(tmp_path / "cifar", "cifar100", train_size=128)  # eval builds the training split: one batch of 128
+    path = published_path("resnet32x4", "cifar100")
+    save_reference_teacher("resnet32x4", path)
+    assert main(["eval", str(path), "--model", "resnet32x4", "--data", "cifar100", "--data-root",
+                 str(tmp_path / "cifar"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("resnet32x4 on cifar100 test (8 images): top-1 ")
+    assert out.rstrip().endswith("(published teacher: top-1 79.42%, CRD table (last epoch))")
