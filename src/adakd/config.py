@@ -107,11 +107,13 @@ class TeacherConfig(ModelConfig):
     """
 
     #: An adakd checkpoint / run dir, or a foreign weight file (RepDistiller/mdistiller ``ckpt_epoch_240.pth``,
-    #: a state_dict, torchvision weights for ``tv:`` models): its layout is detected (models/foreign.py).
+    #: a state_dict, torchvision weights for ``tv:`` models): its layout is detected (models/foreign.py); or
+    #: ``published``: the table's released teacher of this architecture and dataset (under $ADAKD_TEACHERS).
     checkpoint: str | None = None
     #: The layout of ``checkpoint``: auto (detected), or forced: adakd, reference (= repdistiller, mdistiller:
     #: the CRD code's names), torchvision.
     format: Literal["auto", "adakd", "reference", "repdistiller", "mdistiller", "torchvision"] = "auto"
+    #: A training config for the teacher (trained once, cached); beside ``checkpoint: published``, the fallback.
     recipe: str | None = None
     #: The teacher-output cache (adakd/engine/teacher_cache.py): "off", "auto" (under
     #: $ADAKD_CACHE/teacher_outputs/<key>/, built on first use) or the PATH of a built cache.
