@@ -45,7 +45,7 @@ class ReleaseServer:
     off after that many bytes (the announced length stays the whole file)."""
 
     def __init__(self, payload: bytes) -> None:
-        self.payload, self.cut_at, self.ranges = payload, None, []
+        self.payload, self.cut_at, self.ranges, self.ignore_ranges = payload, None, [], False
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -56,7 +56,7 @@ class ReleaseServer:
                 data, start = server.payload, 0
                 wanted = self.headers.get("Range")
                 server.ranges.append(wanted)
-                if wanted:
+                if wanted and not server.ignore_ranges:
                     start = int(wanted.removeprefix("bytes=").rstrip("-"))
                     if start >= len(data):
                         self.send_response(416)
@@ -143,6 +143,16 @@ def test_a_broken_download_resumes_with_a_range_request(root, server):
     assert fetched.sha256 == hashlib.sha256(server.payload).hexdigest()
     assert published_path("resnet32x4", "cifar100").read_bytes() == TEACHERS["resnet32x4"]
     assert leftovers(root) == []
+
+
+def test_a_server_that_ignores_ranges_restarts_the_part_file(root, server):
+    root.mkdir()
+    (root / "cifar_teachers.tar.part").write_bytes(b"stale bytes of an older attempt")
+    server.ignore_ranges = True
+    fetched = quiet_fetch(server.url)
+    assert server.ranges == ["bytes=31-"]  # asked to resume; the 200 answer was the whole file
+    assert fetched.sha256 == hashlib.sha256(server.payload).hexdigest()
+    assert published_path("resnet56", "cifar100").read_bytes() == TEACHERS["resnet56"]
 
 
 def test_a_complete_part_file_is_taken_as_is_on_a_416(root, server):
