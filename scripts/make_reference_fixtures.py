@@ -48,6 +48,7 @@ ARCHITECTURES: dict[str, tuple[str, str, str, str | None, int, int]] = {
     "ResNet18": ("ResNet18", "cifar", "ResNet18", None, 100, 32),
     "tiny_imagenet/ResNet18": ("ResNet18", "tiny_imagenet", "ResNet18", None, 200, 64),
     "tiny_imagenet/MobileNetV2": ("mobilenetv2_tinyimagenet", "tiny_imagenet", "MobileNetV2", None, 200, 64),
+    "imagenet/MobileNetV1": ("MobileNetV1", "imagenet", "MobileNetV1", None, 1000, 224),
 }
 # Not here: tiny_imagenet_model_dict["ShuffleV2"] -- the reference's forward pools with a fixed 4x4 window,
 # which at 64x64 leaves 2x2 x 1024 features for a Linear(1024, C): it does not run (a reference bug).
@@ -103,7 +104,13 @@ def main() -> None:
     torch.set_num_threads(1)
     cifar = load_package("reference_mdistiller_cifar", args.reference / "mdistiller" / "models" / "cifar")
     rep = load_package("reference_repdistiller_models", args.repdistiller / "models") if args.repdistiller else None
-    dicts = {"cifar": cifar.cifar_model_dict, "tiny_imagenet": cifar.tiny_imagenet_model_dict}
+    # the ImageNet package's __init__ needs torchvision-era helpers: load the one model file directly
+    spec = importlib.util.spec_from_file_location(
+        "reference_mdistiller_mobilenetv1", args.reference / "mdistiller" / "models" / "imagenet" / "mobilenetv1.py")
+    mobilenetv1 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mobilenetv1)
+    imagenet = {"MobileNetV1": (lambda num_classes: mobilenetv1.MobileNetV1(num_classes=num_classes), None)}
+    dicts = {"cifar": cifar.cifar_model_dict, "tiny_imagenet": cifar.tiny_imagenet_model_dict, "imagenet": imagenet}
     fixtures: dict = {}
     for fid, (ours, which, key, rep_name, num_classes, image_size) in ARCHITECTURES.items():
         builder = dicts[which][key][0]
@@ -112,7 +119,7 @@ def main() -> None:
         keys = [(k, list(v.shape)) for k, v in model.state_dict().items()]
         model.load_state_dict(filled_state_dict(keys))
         entry = {"model": ours, "num_classes": num_classes, "image_size": image_size,
-                 "reference": f"mdistiller {which}_model_dict[{key!r}] ({builder.__module__}.{builder.__name__})",
+                 "reference": f"mdistiller {which}: {key}",
                  "keys": keys, **record(model, image_size)}
         if rep is not None and rep_name is not None:
             with contextlib.redirect_stdout(io.StringIO()):

@@ -18,7 +18,7 @@ from adakd.models.foreign import load_foreign_state_dict, match_layout, to_refer
 
 #: one model per family (the reference code's names for each are checked in test_reference_weights.py)
 FAMILIES = ["resnet8", "resnet32x4", "wrn_16_2", "wrn_40_1", "ResNet50", "ResNet18", "vgg13", "MobileNetV2",
-            "ShuffleV1", "ShuffleV2", "mobilenetv2_tinyimagenet"]
+            "ShuffleV1", "ShuffleV2", "mobilenetv2_tinyimagenet", "MobileNetV1"]
 
 
 def randomised(name: str, seed: int = 0) -> torch.nn.Module:
@@ -143,3 +143,28 @@ def test_teacher_checkpoint_takes_a_reference_file(tmp_path, fmt):
     with pytest.raises(ConfigError, match="teacher checkpoint .* does not fit"):
         load_teacher(TeacherConfig(name="resnet8x4", checkpoint=str(path), format=fmt), info,
                      torch.device("cpu"), path)
+
+
+def test_a_run_distils_from_a_reference_teacher_file(tmp_path, fmnist_root, capsys):
+    """``adakd train`` with ``teacher.checkpoint`` = a RepDistiller-shaped file (``module.`` prefixes, as a
+    DataParallel run saves it, ``teacher.format: repdistiller``): the teacher is loaded, not trained; a teacher
+    of another architecture stops the run with the one message."""
+    from adakd.cli import main
+    from test_faults import tiny, write_config
+
+    teacher = build_model("resnet8", num_classes=10, in_channels=1, image_size=28, widths=[8, 8, 16])
+    path = tmp_path / "resnet8_vanilla" / "ckpt_epoch_240.pth"
+    path.parent.mkdir()
+    torch.save({"model": {f"module.{k}": v for k, v in to_reference_state_dict(teacher).items()}, "epoch": 240},
+               path)
+    cfg = tiny(fmnist_root, tmp_path / "kd", epochs=1)
+    cfg["data"].update(train_subset=32, test_subset=50)
+    cfg.update(teacher={"name": "resnet8", "kwargs": {"widths": [8, 8, 16]}, "checkpoint": str(path),
+                        "format": "repdistiller"}, losses={"kd": {}})
+    assert main(["train", str(write_config(tmp_path / "kd.yaml", cfg))]) == 0
+    assert "training teacher" not in capsys.readouterr().err
+    cfg["teacher"]["kwargs"] = {"widths": [8, 16, 16]}
+    cfg["run_dir"] = str(tmp_path / "kd2")
+    assert main(["train", str(write_config(tmp_path / "kd2.yaml", cfg))]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit" in err and "closest is layout 'reference' with key prefix 'module.'" in err

@@ -45,6 +45,8 @@ DIFFERENCES = {
                   "BN-ReLU (post_bn), i.e. ours = ReLU(the reference's preact_feats[k]); checked on the samples",
     "shufflev2_preact": "shufflenetv2.py: the reference's preact is the concatenation before the channel shuffle; "
                         "ours is shuffled like the output, so ours is compared after undoing the shuffle",
+    "no_stem_feature": "mdistiller's ImageNet MobileNetV1 lists no stem feature (feats = the 4 stage outputs); "
+                       "ours lists the stem first, so its stages[1:] are compared",
 }
 
 
@@ -84,7 +86,8 @@ def loaded(tmp_path: Path, fixture: dict) -> torch.nn.Module:
 def test_the_fixture_covers_the_tables_and_stays_small():
     tables = {"resnet8", "resnet20", "resnet32", "resnet56", "resnet110", "resnet8x4", "resnet32x4", "ResNet50",
               "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg13", "MobileNetV2", "ShuffleV1", "ShuffleV2"}
-    assert tables | {"ResNet18", "tiny_imagenet/ResNet18", "tiny_imagenet/MobileNetV2"} == set(ARCHS)
+    added = {"ResNet18", "tiny_imagenet/ResNet18", "tiny_imagenet/MobileNetV2", "imagenet/MobileNetV1"}
+    assert tables | added == set(ARCHS)
     assert all("same_keys_as" in ARCHS[name] for name in tables)  # RepDistiller's names are mdistiller's
     assert FIXTURE.stat().st_size < 1_000_000
 
@@ -101,8 +104,11 @@ def test_reference_weights_give_the_reference_logits_and_features(tmp_path, arch
     check_point(f.pooled, fixture["pooled_feat"], "pooled")
 
     wrn = fixture["model"].startswith("wrn_")
-    assert len(f.stages) == len(fixture["feats"])
-    for k, (ours, ref) in enumerate(zip(f.stages, fixture["feats"])):
+    stages, preacts = f.stages, f.preact_stages
+    if len(stages) == len(fixture["feats"]) + 1:  # DIFFERENCES["no_stem_feature"]
+        stages, preacts = stages[1:], preacts[1:]
+    assert len(stages) == len(fixture["feats"])
+    for k, (ours, ref) in enumerate(zip(stages, fixture["feats"])):
         if wrn and k > 0:  # DIFFERENCES["wrn_stages"]
             check_point(ours, fixture["preact_feats"][k], f"stage {k} (wrn_stages)", aggregates=False,
                         transform=F.relu)
@@ -110,10 +116,10 @@ def test_reference_weights_give_the_reference_logits_and_features(tmp_path, arch
             check_point(ours, ref, f"stage {k}")
     if "preact_feats" not in fixture:  # MobileNetV2 (both): the reference returns none
         return
-    assert len(f.preact_stages) == len(fixture["preact_feats"])
-    for k, (ours, ref) in enumerate(zip(f.preact_stages, fixture["preact_feats"])):
-        if k == 0 and not torch.equal(f.preact_stages[0], f.stages[0]):  # DIFFERENCES["stem_preact"]
-            check_point(f.stages[0], ref, "preact 0 (stem_preact)")
+    assert len(preacts) == len(fixture["preact_feats"])
+    for k, (ours, ref) in enumerate(zip(preacts, fixture["preact_feats"])):
+        if k == 0 and stages[0] is f.stages[0] and not torch.equal(preacts[0], stages[0]):  # "stem_preact"
+            check_point(stages[0], ref, "preact 0 (stem_preact)")
         elif fixture["model"] == "ShuffleV2":  # DIFFERENCES["shufflev2_preact"]
             check_point(channel_shuffle(ours, ours.shape[1] // 2), ref, f"preact {k} (shufflev2_preact)")
         else:
@@ -145,7 +151,7 @@ def test_a_saved_mdistiller_student_loads(tmp_path):
     assert adakd.load_foreign_state_dict(build_model("resnet8x4"), path) == "reference"
 
 
-@pytest.mark.parametrize("arch", ["wrn_40_2", "ShuffleV2", "tiny_imagenet/MobileNetV2"])
+@pytest.mark.parametrize("arch", ["wrn_40_2", "ShuffleV2", "tiny_imagenet/MobileNetV2", "imagenet/MobileNetV1"])
 def test_reference_round_trip_is_identity(tmp_path, arch):
     """load -> ``to_reference_state_dict`` -> file -> load gives back every tensor bit for bit."""
     fixture = ARCHS[arch]
@@ -170,3 +176,17 @@ def test_a_file_of_another_architecture_names_the_closest_layout(tmp_path):
     msg = str(info.value)
     assert "closest is layout 'reference'" in msg and "62/62 keys fit" in msg
     assert "unexpected: layer1.1.conv1.weight (64, 64, 3, 3)" in msg
+
+
+def test_a_legacy_format_teacher_file_loads(tmp_path):
+    """CRD's teachers were saved in 2019 (PyTorch 1.0): the legacy, non-zip serialization, with the
+    optimizer's state and a tensor best_acc beside the weights; weights-only reading takes it."""
+    fixture = ARCHS["resnet8x4"]
+    sd = filled_state_dict(fixture["keys"])
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.05, momentum=0.9)
+    path = tmp_path / "ckpt_epoch_240.pth"
+    torch.save({"epoch": 240, "model": sd, "best_acc": torch.tensor(73.1), "optimizer": optimizer.state_dict()},
+               path, _use_new_zipfile_serialization=False)
+    model = adakd.build_model("resnet8x4", num_classes=100, weights=path).eval()
+    with torch.no_grad():
+        assert close(model(probe_input(32)), torch.tensor(fixture["logits"], dtype=torch.float64))

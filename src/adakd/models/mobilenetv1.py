@@ -77,6 +77,15 @@ class MobileNetV1(ContractModel):
         self.input_shape = (in_channels, image_size, image_size)
         init_weights(self)
 
+    def reference_modules(self) -> dict[str, str]:
+        """Our module paths -> mdistiller's ImageNet MobileNetV1 (``models/imagenet/mobilenetv1.py``, one
+        Sequential ``model``: unit i is ``model.{i}``, its dw/BN/pw/BN at 0/1/3/4); models/foreign.py."""
+        names = {"units.0.conv": "model.0.0", "units.0.bn": "model.0.1", "fc": "fc"}
+        for i in range(1, len(self.units)):
+            for ours, index in (("dw", 0), ("bn1", 1), ("pw", 3), ("bn2", 4)):
+                names[f"units.{i}.{ours}"] = f"model.{i}.{index}"
+        return names
+
     def preact_bns(self) -> list[nn.Module | None]:
         return [self.units[0].bn] + [self.units[e].bn2 for e in self.stage_ends[1:]]
 
