@@ -233,6 +233,14 @@ def test_offline_names_the_url_and_the_place_and_exits_2(root, capsys):
     assert not (root / "cifar_teachers").exists()
 
 
+def test_a_refused_download_names_the_url_and_the_place(root, server, capsys):
+    url = server.url.replace("cifar_teachers.tar", "moved.tar")
+    assert main(["teachers", "fetch", "cifar100", "--url", url, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "answered 404" in err and url in err and f"-C {root}`" in err and "$ADAKD_TEACHERS" in err
+    assert leftovers(root) == []
+
+
 def test_tiny_imagenet_has_no_archive_url_and_says_where_the_file_goes(root, capsys):
     assert main(["teachers", "fetch", "tiny_imagenet"]) == 2
     err = capsys.readouterr().err

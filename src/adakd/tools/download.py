@@ -22,9 +22,10 @@ _CHUNK = 1 << 20
 class DownloadError(AdakdError):
     """The server cannot be reached, refused the file, or the transfer broke off (``.part`` kept to resume)."""
 
-    def __init__(self, message: str, offline: bool = False) -> None:
+    def __init__(self, message: str, offline: bool = False, resumable: bool = False) -> None:
         super().__init__(message)
-        self.offline = offline
+        self.offline = offline  #: the server could not be reached at all
+        self.resumable = resumable  #: the transfer broke off: ``.part`` kept, the same call resumes it
 
 
 def sha256_file(path: Path) -> str:
@@ -81,11 +82,11 @@ def download(url: str, dest: Path, timeout: float = 60.0, progress: bool = True)
                     bar.update(len(chunk))
         except (http.client.HTTPException, OSError) as exc:
             raise DownloadError(f"the download of {url} broke off after {received:,} bytes ({exc}); run the "
-                                f"same command again to resume from {part}") from exc
+                                f"same command again to resume from {part}", resumable=True) from exc
         finally:
             bar.close()
     if total is not None and received != total:
         raise DownloadError(f"the download of {url} stopped at {received:,} of {total:,} bytes; run the same "
-                            f"command again to resume from {part}")
+                            f"command again to resume from {part}", resumable=True)
     os.replace(part, dest)
     return dest

@@ -74,12 +74,12 @@ def fetch(dataset: str, url: str | None = None, force: bool = False, progress: b
     try:
         download(url, archive, progress=progress)
     except DownloadError as exc:
-        if exc.offline:
-            raise DownloadError(f"{exc}. Offline: download {url} on a connected machine and unpack it here "
-                                f"(`tar xf {archive.name} -C {root}`) so that {target}/ holds "
-                                "<arch>_vanilla/ckpt_epoch_240.pth, or set $ADAKD_TEACHERS to the folder that "
-                                f"holds {release.folder}/.", offline=True) from exc
-        raise
+        if exc.resumable:
+            raise
+        raise DownloadError(f"{exc}. {'Offline: d' if exc.offline else 'D'}ownload {url} elsewhere (browser, "
+                            f"another machine) and unpack it here (`tar xf {archive.name} -C {root}`) so that "
+                            f"{target}/ holds <arch>_vanilla/ckpt_epoch_240.pth, or set $ADAKD_TEACHERS to the "
+                            f"folder that holds {release.folder}/.", offline=exc.offline) from exc
     try:
         digest = sha256_file(archive)
         if record is not None and record["sha256"] != digest:
