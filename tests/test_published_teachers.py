@@ -19,7 +19,7 @@ from adakd.cli import main
 from adakd.config import TeacherConfig, load_config
 from adakd.engine.published_teachers import existing_published_path, published_path, teachers_root
 from adakd.engine.teacher import cache_root, teacher_checkpoint_path
-from adakd.errors import ConfigError
+from adakd.errors import AdakdError, ConfigError
 from adakd.tools import teachers
 from adakd.tools.download import DownloadError
 
@@ -476,3 +476,14 @@ def test_eval_of_the_published_file_prints_the_published_figure(root, tmp_path, 
     out = capsys.readouterr().out
     assert out.startswith("resnet32x4 on cifar100 test (8 images): top-1 ")
     assert out.rstrip().endswith("(published teacher: top-1 79.42%, CRD table (last epoch))")
+
+
+def test_the_analysis_plots_find_the_teacher_a_run_used(root):
+    from adakd.tools.report.analysis_plots import _teacher_checkpoint
+
+    cfg = load_config(REPO / "configs" / "cifar100" / "kd" / "res32x4_res8x4.yaml")
+    with pytest.raises(AdakdError, match="cifar100-teacher-resnet32x4-.*student.pt is missing"):
+        _teacher_checkpoint(cfg)  # published absent: the run fell back to its recipe's cached teacher
+    path = published_path("resnet32x4", "cifar100")
+    save_reference_teacher("resnet32x4", path)
+    assert _teacher_checkpoint(cfg) == path
