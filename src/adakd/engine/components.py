@@ -140,7 +140,8 @@ def published_teacher_weights(cfg: RunConfig, teacher: nn.Module | None) -> str 
 
 def check_config(cfg: RunConfig, data: bool = True) -> dict[str, Any]:
     """``adakd train --dry-run``: names, options, the dataset's files (``data``), and every component built
-    from random weights and stepped once (each phase) on a synthetic batch, on the CPU. Returns what was built."""
+    from random weights (a published teacher: its file, when there) and stepped once (each phase) on a synthetic
+    batch, on the CPU. Returns what was built."""
     from ..data.build import open_dataset
 
     check_names_and_options(cfg)
