@@ -94,9 +94,9 @@ def test_a_file_that_fits_nothing_names_the_closest_layout(tmp_path):
         adakd.build_model("resnet8", num_classes=100, weights=path)
     msg = str(info.value)
     assert msg.count("closest") == 1 and "layout 'reference'" in msg
-    assert "fc.weight file (10, 64) vs model (100, 64)" in msg
-    assert "missing: layer3.0.downsample.1.running_mean (64,)" in msg
-    assert "unexpected: extra.weight (2,)" in msg
+    assert "1 shape mismatches: fc.weight file (10, 64) vs model (100, 64)" in msg
+    assert "1 missing: layer3.0.downsample.1.running_mean (64,)" in msg
+    assert "1 unexpected: extra.weight (2,)" in msg
     with pytest.raises(ConfigError, match="has no 'torchvision' weights layout"):
         load_model_weights(build_model("resnet8"), path, "torchvision")
 
@@ -168,3 +168,30 @@ def test_a_run_distils_from_a_reference_teacher_file(tmp_path, fmnist_root, caps
     assert main(["train", str(write_config(tmp_path / "kd2.yaml", cfg))]) == 2
     err = capsys.readouterr().err
     assert "does not fit" in err and "closest is layout 'reference' with key prefix 'module.'" in err
+
+
+def test_a_wrapped_library_model_loads_its_own_library_layout(tmp_path):
+    """A ChainAdapter (how tv: models are wrapped; torchvision is not needed here) whose native layout is the
+    library's: a library weight file (a bare state dict, the wrapped module's names) loads as that layout."""
+    from torch import nn
+
+    from adakd.models.hooked import ChainAdapter
+
+    def wrapped() -> ChainAdapter:
+        net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1)),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+        adapter = ChainAdapter(net, stem=net[0], blocks=[net[1]], embed=net[2], classifier=net[4],
+                               input_shape=(3, 16, 16), family="test")
+        adapter.native_format = "torchvision"
+        return adapter
+
+    source = wrapped()
+    path = tmp_path / "library-weights.pth"
+    torch.save(source.module.state_dict(), path)  # the library's own names: 0.weight, 1.0.weight, 4.bias ...
+    assert "0.weight" in torch.load(path, weights_only=True)
+    for fmt in ("auto", "torchvision"):
+        model = wrapped()
+        assert load_model_weights(model, path, fmt) == "torchvision"
+        assert same_weights(source, model)
+    with pytest.raises(ConfigError, match="has no 'reference' weights layout"):
+        load_model_weights(wrapped(), path, "reference")

@@ -175,7 +175,7 @@ def test_a_file_of_another_architecture_names_the_closest_layout(tmp_path):
         adakd.build_model("resnet8x4", num_classes=100, weights=path)
     msg = str(info.value)
     assert "closest is layout 'reference'" in msg and "62/62 keys fit" in msg
-    assert "unexpected: layer1.1.conv1.weight (64, 64, 3, 3)" in msg
+    assert "144 unexpected: layer1.1.conv1.weight (64, 64, 3, 3)" in msg
 
 
 def test_a_legacy_format_teacher_file_loads(tmp_path):

@@ -114,15 +114,16 @@ class LayoutFit:
         return not (self.missing or self.unexpected or self.wrong_shape)
 
     def describe(self, theirs: Mapping[str, Tensor], ours: Mapping[str, tuple[int, ...]]) -> str:
-        shape = lambda t: tuple(t.shape)  # noqa: E731
+        """``layout 'reference' [with key prefix 'module.']: 60/62 keys fit; 1 shape mismatch: ...``"""
         parts = [f"{self.matched}/{self.expected} keys fit"]
         if self.wrong_shape:
-            parts.append("shape mismatches: " + ", ".join(
-                f"{k} file {shape(theirs[k])} vs model {ours[k]}" for k in self.wrong_shape[:3]))
+            parts.append(f"{len(self.wrong_shape)} shape mismatches: " + ", ".join(
+                f"{k} file {tuple(theirs[k].shape)} vs model {ours[k]}" for k in self.wrong_shape[:3]))
         if self.missing:
-            parts.append("missing: " + ", ".join(f"{k} {ours[k]}" for k in self.missing[:3]))
+            parts.append(f"{len(self.missing)} missing: " + ", ".join(f"{k} {ours[k]}" for k in self.missing[:3]))
         if self.unexpected:
-            parts.append("unexpected: " + ", ".join(f"{k} {shape(theirs[k])}" for k in self.unexpected[:3]))
+            parts.append(f"{len(self.unexpected)} unexpected: " + ", ".join(
+                f"{k} {tuple(theirs[k].shape)}" for k in self.unexpected[:3]))
         where = f"layout {self.layout!r}" + (f" with key prefix {self.prefix!r}" if self.prefix else "")
         return f"{where}: " + "; ".join(parts)
 
