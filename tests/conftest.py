@@ -57,6 +57,7 @@ def _private_cache(tmp_path_factory, monkeypatch, request):
     auto`` resolved as ``--precision`` says (inherited by the CLI subprocesses of the tests)."""
     cache = tmp_path_factory.getbasetemp() / "adakd-cache"
     monkeypatch.setenv("ADAKD_CACHE", str(cache))
+    monkeypatch.delenv("ADAKD_TEACHERS", raising=False)  # published teachers: under the private cache too
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
     precision = request.config.getoption("--precision")
     if precision == "probe":

@@ -54,14 +54,15 @@ def cifar_batch(rng: np.random.Generator, n: int, label_key: bytes, classes: int
             b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"filenames": [b"x.png"] * n}
 
 
-def write_cifar(tmp: Path, kind: str = "cifar10", as_archive: bool = True, seed: int = 0) -> dict[str, dict]:
+def write_cifar(tmp: Path, kind: str = "cifar10", as_archive: bool = True, seed: int = 0,
+                train_size: int = 4) -> dict[str, dict]:
     """A tiny CIFAR python archive in the exact published format; returns the batches written."""
     rng = np.random.default_rng(seed)
     layout = cifar_module.CIFAR10_LAYOUT if kind == "cifar10" else cifar_module.CIFAR100_LAYOUT
     classes = 10 if kind == "cifar10" else 100
     files: dict[str, bytes] = {}
     batches: dict[str, dict] = {}
-    for split, sizes in (("train", 4), ("test", 6)):
+    for split, sizes in (("train", train_size), ("test", 6)):
         for name, _ in layout.splits[split]:
             batch = cifar_batch(rng, sizes + (2 if kind == "cifar100" else 0), layout.label_key, classes)
             batches[name] = batch

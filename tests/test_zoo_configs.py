@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 CIFAR = REPO / "configs" / "cifar100"
 FMNIST = REPO / "configs" / "fashion_mnist"
 OTHER_OWNERS = ("sakd", "abl")  # written and tested elsewhere
+TABLES_STUDY = REPO / "studies" / "cifar100-tables"  # the generated sweep file of each table, in its study
 CIFAR_TRAIN_SIZE = 50_000
 
 
@@ -43,7 +44,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cifar_files() -> list[Path]:
-    return sorted(p for p in CIFAR.rglob("*.yaml") if p.relative_to(CIFAR).parts[0] not in OTHER_OWNERS)
+    skip = OTHER_OWNERS
+    return sorted(p for p in CIFAR.rglob("*.yaml") if p.relative_to(CIFAR).parts[0] not in skip)
 
 
 def test_generated_configs_are_up_to_date():
@@ -51,8 +53,27 @@ def test_generated_configs_are_up_to_date():
     expected = GEN.all_files()
     stale = [str(p.relative_to(REPO)) for p, text in expected.items() if not p.is_file() or p.read_text() != text]
     assert not stale, f"run python scripts/make_cifar100_configs.py; stale: {stale[:5]}"
-    extra = sorted(set(cifar_files()) - set(expected))
+    extra = sorted((set(cifar_files()) | set(TABLES_STUDY.glob("sweep_*.yaml"))) - set(expected))
     assert not extra, f"configs not produced by the generator: {extra}"
+
+
+def test_table_sweeps_expand_to_the_tables_rows():
+    """studies/cifar100-tables/sweep_<table>.yaml: pairs x methods (the Student row once per student, FSP only on
+    equal widths) x seeds, every run from the published teacher."""
+    from adakd.tools.sweep import load_sweep
+
+    crd, dkd = load_sweep(TABLES_STUDY / "sweep_crd.yaml"), load_sweep(TABLES_STUDY / "sweep_dkd.yaml")
+    assert len(crd.runs) == 3 * (13 * 15 - 7 - 4) and len(dkd.runs) == 5 * (11 * 8 - 2)
+    assert {r.labels["method"] for r in dkd.runs} == {"scratch", "fitnet", "rkd", "crd", "ofd", "reviewkd", "kd", "dkd"}
+    assert {r.labels["pair"] for r in dkd.runs} == set(PAIRS) - {"res110_res20", "res50_vgg8"}
+    scratch = [r for r in crd.runs if r.labels["method"] == "scratch" and r.seed == 0]
+    assert sorted(r.config["student"]["name"] for r in scratch) == sorted({s for _, s in PAIRS.values()})
+    assert not [r for r in crd.runs if r.labels["method"] == "fsp" and r.labels["pair"] not in GEN.EQUAL_WIDTHS]
+    for run in crd.runs + dkd.runs:
+        if run.labels["method"] != "scratch":
+            assert run.config["teacher"]["checkpoint"] == "published", run.name
+        assert run.config["train"]["epochs"] == 240 and Path(run.run_dir).parts[-4:-1] == (
+            "cifar100-tables", "runs", run.name.split("-")[1])
 
 
 def test_matrix_covers_the_tables():
@@ -87,6 +108,7 @@ def test_cifar_recipe_is_the_standard_one():
         assert (t.schedule.name, t.schedule.milestones, t.schedule.gamma) == ("multistep", [150, 180, 210], 0.1)
         assert t.optimizer.lr == (0.01 if student in ("MobileNetV2", "ShuffleV1", "ShuffleV2") else 0.05)
         assert (cfg.teacher.name, cfg.student.name) == (teacher, student)
+        assert cfg.teacher.checkpoint == "published"  # the tables' teacher; the recipe is the fallback
         teacher_cfg = load_config(cfg.teacher.recipe)
         assert teacher_cfg.train.optimizer.lr == 0.05 and teacher_cfg.train.epochs == 240
         assert (cfg.ce_weight, cfg.losses["kd"]) == (0.1, {"weight": 0.9, "temperature": 4.0})

@@ -10,6 +10,8 @@
     adakd cache build CONFIG [key=value ...]  |  adakd cache info PATH [--json]
     adakd report SWEEP.yaml|RUNS_DIR|STUDY_DIR [--out DIR]
     adakd record SWEEP.yaml|RUNS_DIR [-o studies/NAME/runs.jsonl.gz]
+    adakd teachers list [--json]  |  adakd teachers fetch cifar100 [--url URL] [--force]
+    adakd teachers eval cifar100 [--model resnet32x4 ...] [--data-root DIR] [--json]
     adakd bench [--suite adaptive] [--batch-size 64 128] [--compile] [--json] [--out FILE]
 
 User errors print one message and exit with code 2 (``--debug`` shows the traceback).
@@ -46,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="a plugin to import first (dotted module or .py file) that registers your own models, "
                              "losses, strategies or datasets; repeatable (configs can also say imports: [...])")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                help="train, eval, plot, export, bench, list, sweep, report, record, cache (adakd COMMAND -h)")
+                                help="train, eval, plot, export, bench, list, sweep, report, record, cache, teachers "
+                                     "(adakd COMMAND -h)")
 
     p = sub.add_parser("train", help="train a teacher or distil a student from a config")
     p.add_argument("config", help="YAML config (e.g. configs/fashion_mnist/kd.yaml)")
@@ -145,6 +148,24 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("path", help="the cache directory")
     c.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("teachers", help="the published teachers of the tables: list them, fetch a release")
+    tsub = p.add_subparsers(dest="teachers_command", required=True, metavar="ACTION")
+    t = tsub.add_parser("list", help="which published teachers exist, which are here, their published top-1")
+    t.add_argument("--json", action="store_true")
+    t = tsub.add_parser("fetch", help="download a release archive (resumable, sha256-checked), unpack it atomically "
+                        "under $ADAKD_TEACHERS (else the teacher cache)")
+    t.add_argument("dataset", help="cifar100 (the CRD/mdistiller teachers) or tiny_imagenet")
+    t.add_argument("--url", default=None, help="the archive's URL, if not the release's (a mirror)")
+    t.add_argument("--force", action="store_true", help="download and unpack again although the folder is there")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t = tsub.add_parser("eval", help="top-1 of the published teachers here on the test split, beside the published "
+                        "figure (checks your copy of the teachers and of the data)")
+    t.add_argument("dataset", help="cifar100 or tiny_imagenet")
+    t.add_argument("--model", nargs="+", default=None, help="only these teachers (default: every one present)")
+    t.add_argument("--data-root", default=None, help="where the dataset lives ($ADAKD_DATA, ... otherwise)")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--json", action="store_true")
+
     p = sub.add_parser("report", help="results table (mean +- std over seeds, gains, published numbers) of runs")
     p.add_argument("target", help="sweep file, a folder holding run directories, or a study folder (its runs.jsonl.gz)")
     p.add_argument("--out", default=None, help="where results.md / results.csv go (default: beside the runs)")
@@ -176,6 +197,8 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"student {built['student']}, teacher {built['teacher']}, losses {built['losses'] or ['ce only']}, "
               f"strategy {built['strategy']} (phases {', '.join(built['phases'])}): every part built and stepped "
               "once on a random batch, data files found", file=sys.stderr)
+        if built.get("teacher_weights"):
+            print(f"teacher weights: {built['teacher_weights']}", file=sys.stderr)
         return 0
     if allowed and not args.resume:
         raise ConfigError("--allow-changes only applies with --resume.")
@@ -187,6 +210,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .api import evaluate_checkpoint
+    from .tools.teachers import published_top1
 
     import yaml
 
@@ -199,11 +223,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(args.target, which=args.which, data_root=args.data_root, device=args.device,
                                  split=args.split, model=args.model, data=args.data, weights_format=args.format,
                                  model_kwargs=model_kwargs)
+    published = published_top1(result["model"], result["dataset"]) if result["split"] == "test" else None
+    if published is not None:  # a teacher architecture of the tables: their figure beside ours
+        result["published_top1"] = {"top1": published.top1, "source": published.source}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(f"{result['model']} on {result['dataset']} {result['split']} ({result['count']} images): "
-              f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
+              f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}"
+              + (f"  (published teacher: top-1 {published.top1:.2f}%, {published.source})" if published else ""))
     return 0
 
 
@@ -300,6 +328,25 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return cache_command(args)
 
 
+def cmd_teachers(args: argparse.Namespace) -> int:
+    from .tools import teachers
+
+    if args.teachers_command == "list":
+        rows = teachers.listing()
+        print(json.dumps(rows, indent=2) if args.json else teachers.format_listing(rows))
+        return 0
+    if args.teachers_command == "eval":
+        rows = teachers.evaluate_published(args.dataset, args.model, args.data_root, args.device)
+        print(json.dumps(rows, indent=2) if args.json else teachers.format_evaluation(rows))
+        return 0
+    fetched = teachers.fetch(args.dataset, url=args.url, force=args.force, progress=not args.no_progress,
+                             log=lambda m: print(m, file=sys.stderr, flush=True))
+    if fetched.missing:
+        print(f"note: the archive holds no file for {', '.join(fetched.missing)}", file=sys.stderr)
+    print(fetched.folder)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .tools.report.table import build_report
 
@@ -320,7 +367,8 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "export": cmd_export, "list": cmd_list,
-            "bench": cmd_bench, "sweep": cmd_sweep, "report": cmd_report, "record": cmd_record, "cache": cmd_cache}
+            "bench": cmd_bench, "sweep": cmd_sweep, "report": cmd_report, "record": cmd_record, "cache": cmd_cache,
+            "teachers": cmd_teachers}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -95,15 +95,25 @@ class ModelConfig(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
+#: ``teacher.checkpoint: published``: the architecture's released file (engine/published_teachers.py).
+PUBLISHED_TEACHER = "published"
+
+
 class TeacherConfig(ModelConfig):
-    """The frozen teacher: load ``checkpoint``, or train ``recipe`` (a config file) once and cache it."""
+    """The frozen teacher: load ``checkpoint``, or train ``recipe`` (a config file) once and cache it.
+
+    ``checkpoint: published`` takes the released teacher of the table (``adakd teachers fetch``); with a
+    ``recipe`` beside it, the recipe trains the teacher when that file is absent (one line says so).
+    """
 
     #: An adakd checkpoint / run dir, or a foreign weight file (RepDistiller/mdistiller ``ckpt_epoch_240.pth``,
-    #: a state_dict, torchvision weights for ``tv:`` models): its layout is detected (models/foreign.py).
+    #: a state_dict, torchvision weights for ``tv:`` models): its layout is detected (models/foreign.py); or
+    #: ``published``: the table's released teacher of this architecture and dataset (under $ADAKD_TEACHERS).
     checkpoint: str | None = None
     #: The layout of ``checkpoint``: auto (detected), or forced: adakd, reference (= repdistiller, mdistiller:
     #: the CRD code's names), torchvision.
     format: Literal["auto", "adakd", "reference", "repdistiller", "mdistiller", "torchvision"] = "auto"
+    #: A training config for the teacher (trained once, cached); beside ``checkpoint: published``, the fallback.
     recipe: str | None = None
     #: The teacher-output cache (adakd/engine/teacher_cache.py): "off", "auto" (under
     #: $ADAKD_CACHE/teacher_outputs/<key>/, built on first use) or the PATH of a built cache.
@@ -119,11 +129,14 @@ class TeacherConfig(ModelConfig):
 
     @model_validator(mode="after")
     def _one_source(self) -> "TeacherConfig":
-        if self.checkpoint and self.recipe:
-            raise ValueError("give either teacher.checkpoint or teacher.recipe, not both")
+        if self.checkpoint and self.recipe and self.checkpoint != PUBLISHED_TEACHER:
+            raise ValueError("give either teacher.checkpoint or teacher.recipe, not both (only "
+                             f"`checkpoint: {PUBLISHED_TEACHER}` takes a recipe: the fallback when the published "
+                             "file is absent)")
         if not self.checkpoint and not self.recipe:
             raise ValueError(
-                "the teacher needs weights: set teacher.checkpoint=PATH (a checkpoint or run dir) "
+                "the teacher needs weights: set teacher.checkpoint=PATH (a checkpoint or run dir), "
+                f"teacher.checkpoint={PUBLISHED_TEACHER} (the released teacher: `adakd teachers fetch`) "
                 "or teacher.recipe=CONFIG.yaml (trained first, then cached)"
             )
         return self
@@ -286,7 +299,7 @@ def load_raw(path: str | os.PathLike[str], _seen: tuple[Path, ...] = ()) -> dict
     if isinstance(teacher, dict):
         for key in ("recipe", "checkpoint"):
             value = teacher.get(key)
-            if isinstance(value, str) and not os.path.isabs(os.path.expanduser(value)):
+            if isinstance(value, str) and value != PUBLISHED_TEACHER and not os.path.isabs(os.path.expanduser(value)):
                 candidate = (path.parent / value).resolve()
                 if key == "recipe" or candidate.exists():
                     teacher[key] = str(candidate)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import ModelConfig, OptimizerConfig, RunConfig
+from ..config import PUBLISHED_TEACHER, ModelConfig, OptimizerConfig, RunConfig
 from ..errors import CheckpointError, ConfigError
 from ..losses.base import DistillContext, Distiller
 from ..losses.build import build_distiller, check_loss_options
@@ -27,9 +27,10 @@ from ..models import build_model
 from ..models.contract import ContractModel
 from ..registry import DATASETS, MODELS, STRATEGIES
 from ..strategies import Phase, Strategy, StrategyContext
-from .checkpoint import load_checkpoint, load_weights
+from .checkpoint import load_checkpoint, load_model_weights, load_weights
 from .fast import prefer_fused
 from .optim import build_optimizer, parameters_of
+from .teacher import published_teacher_file
 
 
 @dataclass(frozen=True)
@@ -125,9 +126,22 @@ def check_names_and_options(cfg: RunConfig) -> None:
         strategy.check_options(cfg.strategy.options)
 
 
+def published_teacher_weights(cfg: RunConfig, teacher: nn.Module | None) -> str | None:
+    """``teacher.checkpoint: published`` in a dry run: the released file loaded into ``teacher`` (it fits), or
+    the line saying the recipe would train it instead; one error when neither is possible."""
+    if teacher is None or cfg.teacher is None or cfg.teacher.checkpoint != PUBLISHED_TEACHER:
+        return None
+    lines: list[str] = []
+    path = published_teacher_file(cfg.teacher, cfg, lines.append)
+    if path is not None:
+        load_model_weights(teacher, path, cfg.teacher.format, f"published teacher {path}")
+    return lines[0]
+
+
 def check_config(cfg: RunConfig, data: bool = True) -> dict[str, Any]:
     """``adakd train --dry-run``: names, options, the dataset's files (``data``), and every component built
-    from random weights and stepped once (each phase) on a synthetic batch, on the CPU. Returns what was built."""
+    from random weights (a published teacher: its file, when there) and stepped once (each phase) on a synthetic
+    batch, on the CPU. Returns what was built."""
     from ..data.build import open_dataset
 
     check_names_and_options(cfg)
@@ -141,6 +155,7 @@ def check_config(cfg: RunConfig, data: bool = True) -> dict[str, Any]:
         torch.manual_seed(cfg.seed)
         student = build_student(cfg.student, info)
         teacher = build_student(cfg.teacher, info).eval().requires_grad_(False) if cfg.teacher is not None else None
+        teacher_weights = published_teacher_weights(cfg, teacher)  # (draws no random numbers)
         batch_size = min(cfg.data.batch_size, 8)
         val = None
         if float(cfg.data.val_fraction) > 0:  # ABL's search reads a validation loader: a synthetic one
@@ -163,7 +178,7 @@ def check_config(cfg: RunConfig, data: bool = True) -> dict[str, Any]:
                                   "weights and the lr.")
     return {"dataset": info.name, "image_shape": (info.in_channels, info.image_size, info.image_size),
             "classes": info.num_classes, "student": type(student).__name__,
-            "teacher": None if teacher is None else type(teacher).__name__,
+            "teacher": None if teacher is None else type(teacher).__name__, "teacher_weights": teacher_weights,
             "losses": list(cfg.losses), "strategy": cfg.strategy.name, "phases": [p.name for p in parts.phases]}
 
 

@@ -1,4 +1,4 @@
-"""Getting the frozen teacher: load a checkpoint, or train a recipe once and cache it.
+"""Getting the frozen teacher: load a checkpoint (or the published one), or train a recipe once and cache it.
 
 Recipes are cached by a hash of their resolved config under ``$ADAKD_CACHE/teachers``
 (default ``~/.cache/adakd/teachers``); a file lock lets parallel runs share one
@@ -10,26 +10,27 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
-from ..config import RunConfig, TeacherConfig, load_raw, validate
+from ..config import PUBLISHED_TEACHER, RunConfig, TeacherConfig, load_raw, validate
 from ..data import DatasetInfo
 from ..errors import ConfigError
 from ..models import build_model
 from ..models.contract import ContractModel
+from ..runtime.cache_home import cache_home
 from .checkpoint import load_model_weights
+from .published_teachers import existing_published_path, published_path
 
 #: Config keys that do not change the trained teacher's weights.
 _RUNTIME_KEYS = ("name", "output_dir", "run_dir", "resume", "progress", "device", "compare_scratch")
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("ADAKD_CACHE", Path.home() / ".cache" / "adakd")).expanduser() / "teachers"
+    return cache_home() / "teachers"
 
 
 def recipe_config(teacher: TeacherConfig, parent: RunConfig) -> RunConfig:
@@ -84,8 +85,13 @@ def file_lock(path: Path) -> Iterator[None]:
 
 def teacher_checkpoint_path(teacher: TeacherConfig, parent: RunConfig,
                             train: Callable[[RunConfig], object], log: Callable[[str], None]) -> Path:
-    """A checkpoint for the teacher: the given one, or the cached recipe run (trained now if missing)."""
-    if teacher.checkpoint:
+    """A checkpoint for the teacher: the given one, the published one, or the cached recipe run (trained now
+    if missing; also when the published file is absent and a recipe is given as its fallback)."""
+    if teacher.checkpoint == PUBLISHED_TEACHER:
+        published = published_teacher_file(teacher, parent, log)
+        if published is not None:
+            return published
+    elif teacher.checkpoint:
         return Path(teacher.checkpoint).expanduser()
     cfg = recipe_config(teacher, parent)
     run_dir = cache_root() / recipe_key(cfg)
@@ -98,6 +104,22 @@ def teacher_checkpoint_path(teacher: TeacherConfig, parent: RunConfig,
         else:
             log(f"using cached teacher {run_dir}")
     return done
+
+
+def published_teacher_file(teacher: TeacherConfig, parent: RunConfig, log: Callable[[str], None]) -> Path | None:
+    """``teacher.checkpoint: published``: the released file; None when it is absent and ``teacher.recipe`` is
+    the fallback (logged); else one error naming the path expected and `adakd teachers fetch`."""
+    dataset = parent.data.name
+    if teacher.recipe is None:
+        path = existing_published_path(teacher.name, dataset)
+    else:
+        path = published_path(teacher.name, dataset)
+        if not path.is_file():
+            log(f"published teacher {teacher.name} not found at {path}: training it from recipe {teacher.recipe} "
+                f"instead (`adakd teachers fetch {dataset}` gets the published one)")
+            return None
+    log(f"using the published teacher {path}")
+    return path
 
 
 def load_teacher(teacher: TeacherConfig, info: DatasetInfo, device: torch.device, checkpoint: Path) -> ContractModel:

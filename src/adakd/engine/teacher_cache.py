@@ -41,7 +41,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ from torch import Tensor, nn
 from ..config import RunConfig
 from ..errors import CacheError
 from ..models.contract import Features
+from ..runtime.cache_home import cache_home
 from .checkpoint import atomic_write_bytes, atomic_write_text
 from .teacher import file_lock, path_safe
 
@@ -65,7 +65,7 @@ _DATA_RUNTIME = ("root", "download", "batch_size", "eval_batch_size", "num_worke
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("ADAKD_CACHE", Path.home() / ".cache" / "adakd")).expanduser() / "teacher_outputs"
+    return cache_home() / "teacher_outputs"
 
 
 # ----------------------------------------------------------------------------------------- what can be cached

@@ -46,6 +46,7 @@ import torch
 
 from ..errors import ConfigError
 from .atomic import atomic_write_json
+from .cache_home import cache_home
 from .device import bf16_supported
 from .seeding import rng_state, set_rng_state
 
@@ -197,7 +198,7 @@ def resolve_fast_path(precision: str, channels_last: bool | str, device: torch.d
 
 def cache_dir() -> Path:
     """``$ADAKD_CACHE/fast_path`` (default ``~/.cache/adakd/fast_path``), beside the teacher cache."""
-    return Path(os.environ.get("ADAKD_CACHE", Path.home() / ".cache" / "adakd")).expanduser() / "fast_path"
+    return cache_home() / "fast_path"
 
 
 def cache_file(key: dict[str, Any]) -> Path:

@@ -55,7 +55,7 @@ from typing import Any, Callable
 
 import yaml
 
-from ..config import RunConfig, apply_overrides, deep_merge, load_raw, validate
+from ..config import PUBLISHED_TEACHER, RunConfig, apply_overrides, deep_merge, load_raw, validate
 from ..errors import ConfigError
 from ..runtime.atomic import atomic_write_text
 
@@ -110,7 +110,7 @@ def _fragment_paths(fragment: dict[str, Any], root: Path) -> dict[str, Any]:
     teacher = fragment.get("teacher")
     if isinstance(teacher, dict):
         for key in ("recipe", "checkpoint"):
-            if isinstance(teacher.get(key), str):
+            if isinstance(teacher.get(key), str) and teacher[key] != PUBLISHED_TEACHER:
                 teacher[key] = _resolve(teacher[key], root)
     data = fragment.get("data")
     if isinstance(data, dict) and isinstance(data.get("root"), str):

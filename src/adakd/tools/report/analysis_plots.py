@@ -96,13 +96,18 @@ def collect_logits(model: nn.Module, loader: Any, extra: Callable[[Tensor], list
 
 
 def _teacher_checkpoint(cfg: Any) -> Path:
-    """The run's teacher weights without training anything: the configured checkpoint or the cached recipe."""
+    """The run's teacher weights without training anything: the configured (or published) checkpoint or the
+    cached recipe."""
+    from ...config import PUBLISHED_TEACHER
+    from ...engine.published_teachers import published_path
     from ...engine.teacher import cache_root, recipe_config, recipe_key
 
     teacher = cfg.teacher
-    if teacher.checkpoint:
+    if teacher.checkpoint == PUBLISHED_TEACHER:
+        path = published_path(teacher.name, cfg.data.name)
+    elif teacher.checkpoint:
         path = Path(teacher.checkpoint).expanduser()
-    else:
+    if not teacher.checkpoint or (teacher.recipe and not path.is_file()):  # the recipe (also a published fallback)
         path = cache_root() / recipe_key(recipe_config(teacher, cfg)) / "checkpoints" / "student.pt"
     if not (path.is_file() or path.is_dir()):
         raise AdakdError(f"the run's teacher checkpoint {path} is missing (cache cleared or ADAKD_CACHE changed?); "
