@@ -493,3 +493,19 @@ def test_two_stage_run_records_and_resume_after_kill(tmp_path, fmnist_root, teac
     assert "abl_hypergradient_abs" in records[0] and min(records[0]["abl_hypergradient_abs"]) > 0
     assert [{k: v for k, v in json.loads(x).items() if k.startswith("abl_")}
             for x in (rd / "metrics.jsonl").read_text().splitlines()] == records
+
+
+def test_one_stage_run_end_to_end(tmp_path, fmnist_root, teacher_recipe):
+    """retrain=false through the trainer: one "train" phase of search steps; gamma leaves 0.5 and is recorded;
+    the sweep-style null override of a pinned search_epochs is accepted."""
+    cfg = tiny_config(tmp_path, fmnist_root, teacher_recipe,
+                      **{"strategy.options": {"retrain": False, "search_epochs": None, "warm_start_steps": 1,
+                                              "meta_every": 1, "trace_every": 1}, "train.epochs": 2})
+    out = train(validate(cfg), log=lambda m: None)
+    d = Path(out["run_dir"])
+    metrics = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    assert [m["phase"] for m in metrics] == ["train", "train"]
+    trace = [json.loads(x) for x in (d / "abl_gamma.jsonl").read_text().splitlines()]
+    assert trace[0]["gamma_teacher"] == [0.5, 0.5] and trace[-1]["gamma_teacher"] != [0.5, 0.5]
+    saved = json.loads((d / "abl_gammas.json").read_text())
+    assert saved["source"] == "search" and saved["gamma_teacher"] == trace[-1]["gamma_teacher"]

@@ -4,13 +4,15 @@
         [--loss kd] [--precision fp32|bf16] [--repeats 10] [--threads 1] [--levers] [--profile]
 
 Times one optimisation step of: the standard strategy, ABL's retrain step (gamma fixed) and ABL's search step
-(a meta step: exact hypergradient = virtual step + validation forward/backward + real step), interleaved so that
-load fluctuations hit all of them alike. ``--levers`` adds the cost options, each as its own interleaved row:
-``abl_retrain_aux1`` (the cheapest auxiliary head, pool + FC: what the heads cost) and
-``abl_search_first_order`` (no virtual step). ``--profile`` then prints where one step's time goes, from the
-``abl/...`` profiler scopes of strategies/abl.py (CPU time per step, share of the step; run with one thread).
+(a meta step: exact hypergradient = virtual step + validation forward/backward + real step), each timed between
+two standard steps (standard, A, standard, B, ...) so that load fluctuations hit both alike. ``--levers`` adds
+the cost options, each as its own row: ``abl_retrain_aux1`` / ``abl_search_aux1`` (the cheapest auxiliary head,
+pool + FC: what the heads cost) and ``abl_search_first_order`` (no virtual step). ``--profile`` then prints
+where one step's time goes, from the ``abl/...`` profiler scopes of strategies/abl.py (CPU time per step and
+share of the step; run it with --threads 1).
 
-Prints the medians, their ratios to the standard step, and the total time of whole ABL runs relative to a
+Prints the median times, each step's ratio to the standard step (median over the repeats of its time over the
+mean of its two neighbouring standard steps; also min/min), and the total time of whole ABL runs relative to a
 standard run of the same length, from
 
     T_abl / T_std = [W * r + (E_s - W) * (s + (k - 1) * r) / k + R * E * r] / E
@@ -34,14 +36,15 @@ from adakd.models import build_model
 from adakd.registry import STRATEGIES
 from adakd.strategies import StrategyContext
 
-#: (name, E train epochs, E_s search epochs, W warm start epochs, k, R retrain from scratch)
+#: (name, E train epochs, E_s search epochs, W warm start epochs, k, R retrain from scratch); the one-stage rows
+#: are those of sweep_cost.yaml
 SETTINGS = [("paper (search = train schedule, warm 1/4, k 1)", 15, 15, 3.75, 1, 1),
             ("default (search = train schedule, warm 1/4, k 4)", 15, 15, 3.75, 4, 1),
             ("abl row (search 10, warm 3, k 1)", 15, 10, 3, 1, 1),
             ("abl_k4_short (search 5, warm 1, k 4)", 15, 5, 1, 4, 1),
             ("search 3, warm 1, k 4", 15, 3, 1, 4, 1),
-            ("retrain false (one stage, warm 1/4, k 4)", 15, 15, 3.75, 4, 0),
-            ("retrain false (one stage, warm 1/4, k 8)", 15, 15, 3.75, 8, 0)]
+            ("retrain false (one stage, warm 3, k 4)", 15, 15, 3, 4, 0),
+            ("retrain false (one stage, warm 3, k 8)", 15, 15, 3, 8, 0)]
 
 
 def parse() -> argparse.Namespace:
@@ -71,7 +74,8 @@ def profile(runs: dict) -> None:
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             with torch.profiler.record_function("step"):
                 f(); f()
-        events = {e.key: e.cpu_time_total / 2 for e in prof.key_averages() if e.key == "step" or e.key.startswith("abl/")}
+        events = {e.key: e.cpu_time_total / 2 for e in prof.key_averages()
+                  if e.key == "step" or e.key.startswith("abl/")}
         total = events.pop("step", 0.0) or 1.0
         parts = ", ".join(f"{k[4:]} {v / 1000:.0f} ms ({100 * v / total:.0f}%)" for k, v in
                           sorted(events.items(), key=lambda kv: -kv[1]))
@@ -111,24 +115,48 @@ def main() -> None:
         aux1, o3 = make("abl", {"warm_start_steps": 0, "meta_every": 1, "aux": "aux1"})
         first, o4 = make("abl", {"warm_start_steps": 0, "meta_every": 1, "hypergradient": "first_order"})
         runs["abl_retrain_aux1"] = lambda: aux1.train_step(b, ctx, o3)
+        runs["abl_search_aux1"] = lambda: aux1.search_step(b, ctx, o3)
         runs["abl_search_first_order"] = lambda: first.search_step(b, ctx, o4)
-    times: dict[str, list[float]] = {k: [] for k in runs}
+    def timed(f) -> float:
+        t = time.perf_counter(); f(); return time.perf_counter() - t
+
     for f in runs.values():
         f(); f()  # warm-up
+    # interleaved in pairs: standard, A, standard, B, standard, ... so that every ABL step is compared with the
+    # standard steps just before and after it (load fluctuations hit both alike)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    pair_ratios: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(args.repeats):
-        for k, f in runs.items():  # interleaved: load fluctuations hit all of them alike
-            t = time.perf_counter(); f(); times[k].append(time.perf_counter() - t)
+        before = timed(runs["standard"])
+        times["standard"].append(before)
+        for k, f in runs.items():
+            if k == "standard":
+                continue
+            t = timed(f)
+            after = timed(runs["standard"])
+            times[k].append(t)
+            times["standard"].append(after)
+            pair_ratios[k].append(2 * t / (before + after))
+            before = after
+    pair_ratios["standard"] = [1.0]
     med = {k: statistics.median(v) for k, v in times.items()}
+    # ratio = the median over repeats of (this step / the mean of its two neighbouring standard steps); on a
+    # loaded machine also compare min/min (the least-disturbed step of each): if they disagree, the load was uneven
+    ratio = {k: statistics.median(v) for k, v in pair_ratios.items()}
     print(f"{args.teacher} -> {args.student}, batch {args.batch}, loss {args.loss}, {args.precision}, "
-          f"torch threads {torch.get_num_threads()}, {args.repeats} interleaved repeats (medians)")
+          f"torch threads {torch.get_num_threads()}, {args.repeats} interleaved repeats")
     for k, v in med.items():
-        ratios = sorted(t / s for t, s in zip(times[k], times["standard"]))
-        print(f"  {k:24s} {1000 * v:8.1f} ms/step  ratio {v / med['standard']:.2f} "
-              f"(per-repeat ratios {ratios[0]:.2f}-{ratios[-1]:.2f})")
-    r, s = med["abl_retrain"] / med["standard"], med["abl_search"] / med["standard"]
+        ratios = sorted(pair_ratios[k])
+        print(f"  {k:24s} median {1000 * v:8.1f} ms/step  ratio {ratio[k]:.2f} (per repeat {ratios[0]:.2f}-"
+              f"{ratios[-1]:.2f}; min/min {min(times[k]) / min(times['standard']):.2f})")
+    heads = {"aux3 (default)": ("abl_retrain", "abl_search")}
+    if args.levers:
+        heads["aux1"] = ("abl_retrain_aux1", "abl_search_aux1")
     print("total time of an ABL run / a standard run of E epochs (per-epoch evaluation left out):")
+    print(f"  {'':48s}       " + "  ".join(f"{h:>14s}" for h in heads))
     for name, e, e_s, w, k, retrain in SETTINGS:
-        print(f"  {name:48s} E={e:2d}  {whole_run(r, s, e, e_s, w, k, retrain):.2f}x")
+        totals = [whole_run(ratio[r], ratio[s], e, e_s, w, k, retrain) for r, s in heads.values()]
+        print(f"  {name:48s} E={e:2d}  " + "  ".join(f"{t:13.2f}x" for t in totals))
     if args.profile:
         print("where a step's time goes (torch.profiler, CPU time per step; scopes nest):")
         profile(runs)
