@@ -352,6 +352,33 @@ def test_phases_ablations_and_retrain_from_scratch():
     assert given.probs().tolist() == [[0.75, 0.25], [0.75, 0.25]] and [p.name for p in given.phases()] == ["train"]
 
 
+def test_retrain_false_runs_the_search_as_the_training_phase_without_a_reload():
+    """One stage (a cost option): a single "train" phase whose steps are search steps (gamma moves on its meta
+    steps); the student keeps what it learnt (nothing reloaded); the gammas it ends with are the ones recorded."""
+    s, opt = _searching({"retrain": False, "warm_start_steps": 1, "meta_every": 1})
+    phases = s.phases()
+    assert [p.name for p in phases] == ["train"] and phases[0].step == s.search_step
+    assert phases[0].epochs == s.ctx.epochs and phases[0].on_start is not None
+    phases[0].on_start()
+    init = [q.detach().clone() for q in s.student.parameters()]
+    gammas = []
+    for step in range(3):
+        b = batch(seed=30 + step)
+        phases[0].step(b, DistillContext(labels=b.y, indices=b.index, epoch=0, step=step, epochs_total=1,
+                                         progress=0.0), opt)
+        gammas.append(s.gamma.detach().clone())
+    assert torch.equal(gammas[0], torch.zeros_like(gammas[0]))  # warm start
+    assert not torch.equal(gammas[1], gammas[0]) and not torch.equal(gammas[2], gammas[1])
+    assert any(not torch.equal(a, q) for a, q in zip(init, s.student.parameters()))
+    record = s.end_of_training()
+    torch.testing.assert_close(torch.tensor(record["abl_gammas"], dtype=torch.float64),
+                               torch.softmax(gammas[-1], -1))
+    assert record["abl_gamma_source"] == "search"
+    assert [p.name for p in make({"kd": {}}, options={"search_epochs": 2}).phases()] == ["search", "train"]
+    with pytest.raises(ConfigError, match="drop strategy.options.search_epochs"):
+        make({"kd": {}}, options={"retrain": False, "search_epochs": 2})
+
+
 @pytest.mark.parametrize("name", ["kd", "dkd", "aekt", "fitnet", "at", "sp", "cc", "rkd", "vid", "pkt", "crd",
                                   "reviewkd"])
 def test_wraps_the_distiller_zoo(name):
@@ -466,3 +493,19 @@ def test_two_stage_run_records_and_resume_after_kill(tmp_path, fmnist_root, teac
     assert "abl_hypergradient_abs" in records[0] and min(records[0]["abl_hypergradient_abs"]) > 0
     assert [{k: v for k, v in json.loads(x).items() if k.startswith("abl_")}
             for x in (rd / "metrics.jsonl").read_text().splitlines()] == records
+
+
+def test_one_stage_run_end_to_end(tmp_path, fmnist_root, teacher_recipe):
+    """retrain=false through the trainer: one "train" phase of search steps; gamma leaves 0.5 and is recorded;
+    the sweep-style null override of a pinned search_epochs is accepted."""
+    cfg = tiny_config(tmp_path, fmnist_root, teacher_recipe,
+                      **{"strategy.options": {"retrain": False, "search_epochs": None, "warm_start_steps": 1,
+                                              "meta_every": 1, "trace_every": 1}, "train.epochs": 2})
+    out = train(validate(cfg), log=lambda m: None)
+    d = Path(out["run_dir"])
+    metrics = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    assert [m["phase"] for m in metrics] == ["train", "train"]
+    trace = [json.loads(x) for x in (d / "abl_gamma.jsonl").read_text().splitlines()]
+    assert trace[0]["gamma_teacher"] == [0.5, 0.5] and trace[-1]["gamma_teacher"] != [0.5, 0.5]
+    saved = json.loads((d / "abl_gammas.json").read_text())
+    assert saved["source"] == "search" and saved["gamma_teacher"] == trace[-1]["gamma_teacher"]

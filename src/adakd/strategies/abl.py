@@ -14,8 +14,9 @@ student is retrained from scratch with gamma fixed. Works with any distiller of 
 (logit or feature based, and AEKT whose serialization layer lives in the distiller).
 
 Phases: [distiller pre-training] -> "search" (warm start with gamma = 0, then one meta step
-per training step) -> "train" (the student, distiller and heads reloaded to their initial
-state in place, gamma fixed). Records: ``abl_gamma.jsonl`` (gamma per block over the
+every meta_every training steps) -> "train" (the student, distiller and heads reloaded to their
+initial state in place, gamma fixed). With retrain=false (a cost option) the search steps run
+as the "train" phase and there is no retrain. Records: ``abl_gamma.jsonl`` (gamma per block over the
 search's iterations) and epoch means in metrics.jsonl (both kept by ``abl_records``),
 ``abl_gammas.json`` (the gammas used, and the auxiliary heads' test accuracy at the end), the
 same in summary.json.
@@ -30,6 +31,10 @@ strategy.options (typed and defaulted in ``ABLOptions``):
   search_epochs      epochs of the search stage (default: the train schedule's)
   warm_start_epochs  gamma fixed at 0 for this many search epochs (default: a quarter of them;
                      paper: 40,000 iterations on CIFAR-100); warm_start_steps overrides it
+  retrain            true (the paper's two-stage schedule): after the search, retrain from scratch with the
+                     searched gammas | false: one stage, a cost option (not the paper's): the search runs on
+                     the train schedule and its student is the result, no retrain (about half the run's
+                     cost; its accuracy against the two-stage default is not measured yet)
   meta_every         one meta step (hypergradient + gamma update) every k search steps after the warm start;
                      the other steps train with the current gamma. Default 4: on ResNet-56 -> ResNet-20
                      (studies/abl-depth) k = 4 with a 5-epoch search matched k = 1 with a 10-epoch search on
@@ -53,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from ..data import Batch
 from ..runtime import distributed as ddp
@@ -84,6 +90,7 @@ class ABLOptions(StrictOptions):
     search_epochs: int | None = Field(None, ge=0)
     warm_start_epochs: float | None = Field(None, ge=0)
     warm_start_steps: int | None = Field(None, ge=0)
+    retrain: bool = True
     meta_every: int = Field(4, ge=1)
     hypergradient: Literal[HYPERGRADIENTS] = "exact"
     meta_optimizer: Literal["adam", "sgd"] = "adam"
@@ -156,6 +163,10 @@ class ABLStrategy(Strategy):
         self.source = "search"
         self._set_initial_gammas(o, ctx.seed, device)
         self.searching = self.fixed is None
+        self.retrain = o.retrain
+        if not self.retrain and o.search_epochs is not None:
+            raise ConfigError("strategy.options.retrain=false makes the search the training run (the train "
+                              "schedule's epochs): drop strategy.options.search_epochs, or set retrain=true.")
         self.search_epochs = o.search_epochs if o.search_epochs is not None else ctx.epochs
         if self.searching and self.search_epochs <= 0:
             raise ConfigError("strategy.options.search_epochs must be >= 1 (or give gammas to skip the search).")
@@ -250,6 +261,10 @@ class ABLStrategy(Strategy):
     def phases(self) -> list[Phase]:
         out = super().phases()[:-1]  # the distiller's connector pre-training, if any
         mods = self._modules()
+        if self.searching and not self.retrain:  # one stage: the search is the training run
+            out.append(Phase("train", self.ctx.epochs, mods, self.search_step, model=self.student,
+                             on_start=lambda: self.records.trace_now(0, self.probs())))
+            return out
         if self.searching:
             out.append(Phase("search", self.search_epochs, mods, self.search_step, model=self.student,
                              on_start=self._start_search))
@@ -275,7 +290,8 @@ class ABLStrategy(Strategy):
 
     # ------------------------------------------------------------------ steps
     def _forward(self, batch: Batch, ctx: DistillContext):
-        t = self.teacher_features(batch.x) if self.use_kd else None
+        with record_function("abl/teacher_forward"):
+            t = self.teacher_features(batch.x) if self.use_kd else None
         with autocast(self.ctx.device, self.ctx.precision):
             p = abl_forward(self.student, batch.x, self.heads)
             terms = self.distiller(p.features, t, ctx) if self.use_kd and self.distiller is not None else {}
@@ -304,15 +320,18 @@ class ABLStrategy(Strategy):
 
     def train_step(self, batch: Batch, ctx: DistillContext, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
         """Gamma fixed: block-wise gradients straight into .grad (``mixed_backward``), one optimiser step."""
-        p, _, terms, kd, ce, local = self._forward(batch, ctx)
-        out, loss = self._terms(p, terms, kd, ce, local, batch.y)
+        with record_function("abl/forward"):
+            p, _, terms, kd, ce, local = self._forward(batch, ctx)
+            out, loss = self._terms(p, terms, kd, ce, local, batch.y)
         if self._skip(loss, optimizer):
             return out
         probs = self.probs()
         optimizer.zero_grad(set_to_none=True)
-        mixed_backward(p, kd, ce, local, self.ctx.ce_weight, probs, self.blocks, self.heads, self._connectors(),
-                       self.student_error)
-        optimizer.step()
+        with record_function("abl/mixed_backward"):
+            mixed_backward(p, kd, ce, local, self.ctx.ce_weight, probs, self.blocks, self.heads, self._connectors(),
+                           self.student_error)
+        with record_function("abl/optimizer_step"):
+            optimizer.step()
         self.records.add_probs(probs)
         return out
 
@@ -324,36 +343,44 @@ class ABLStrategy(Strategy):
             out = self.train_step(batch, ctx, optimizer)
             self.records.trace_at(ctx.step + 1, self.probs)
             return out
-        p, t, terms, kd, ce, local = self._forward(batch, ctx)
-        out, loss = self._terms(p, terms, kd, ce, local, batch.y)
+        with record_function("abl/forward"):
+            p, t, terms, kd, ce, local = self._forward(batch, ctx)
+            out, loss = self._terms(p, terms, kd, ce, local, batch.y)
         if self._skip(loss, optimizer):
             return out
         a, conn = self.ctx.ce_weight, self._connectors()
         optimizer.zero_grad(set_to_none=True)
-        grads = separate_gradients(p, kd, ce, local, a, self.blocks, self.heads, conn, self.student_error)
+        with record_function("abl/separate_gradients"):
+            grads = separate_gradients(p, kd, ce, local, a, self.blocks, self.heads, conn, self.student_error)
         probs = self.probs()
         coefs = [step_coefficients(optimizer, blk) for blk in self.blocks]
         if self.hypergradient == "first_order":
-            v, val = self._val_gradient(batch, ctx)
+            with record_function("abl/validation_pass"):
+                v, val = self._val_gradient(batch, ctx)
             d_probs = exact_hypergradient(grads, v, coefs)
         else:
-            snap = OptimizerSnapshot(optimizer)
-            apply_mixed(grads, probs, self.blocks, self.heads, conn)
-            optimizer.step()  # theta' (the virtual step)
-            v, val = self._val_gradient(batch, ctx)
-            snap.restore()
-            if self.hypergradient == "darts":
-                d_probs = self._darts(snap, v, batch, t, ctx, coefs)
-            else:
-                d_probs = exact_hypergradient(grads, v, coefs)
+            with record_function("abl/virtual_step"):
+                snap = OptimizerSnapshot(optimizer)
+                apply_mixed(grads, probs, self.blocks, self.heads, conn)
+                optimizer.step()  # theta' (the virtual step)
+            with record_function("abl/validation_pass"):
+                v, val = self._val_gradient(batch, ctx)
+            with record_function("abl/virtual_step"):
+                snap.restore()
+            with record_function("abl/hypergradient"):
+                if self.hypergradient == "darts":
+                    d_probs = self._darts(snap, v, batch, t, ctx, coefs)
+                else:
+                    d_probs = exact_hypergradient(grads, v, coefs)
             optimizer.zero_grad(set_to_none=True)
-        self.last_hypergradient = softmax_backward(probs, d_probs).detach()
-        self.gamma.grad = self.last_hypergradient.to(self.gamma.dtype)
-        self.meta_opt.step()
-        self.meta_opt.zero_grad(set_to_none=True)
-        new = self.probs()
-        apply_mixed(grads, new, self.blocks, self.heads, conn)
-        optimizer.step()
+        with record_function("abl/meta_and_real_step"):
+            self.last_hypergradient = softmax_backward(probs, d_probs).detach()
+            self.gamma.grad = self.last_hypergradient.to(self.gamma.dtype)
+            self.meta_opt.step()
+            self.meta_opt.zero_grad(set_to_none=True)
+            new = self.probs()
+            apply_mixed(grads, new, self.blocks, self.heads, conn)
+            optimizer.step()
         self.records.add_probs(new)
         self.records.add_meta_step(val, self.last_hypergradient)
         self.records.trace_at(ctx.step + 1, self.probs)

@@ -37,6 +37,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from ..errors import ConfigError
 from ..models.contract import ContractModel, Features
@@ -129,7 +130,8 @@ def abl_forward(student: ContractModel, x: Tensor, heads: Sequence[nn.Module] = 
     pooled_tap, logits_tap = _tap(pooled), _tap(logits)
     taps[-1] += [pooled_tap, logits_tap]
     features = Features(logits=logits_tap, stages=stages, preact_stages=preacts, pooled=pooled_tap)
-    aux = [head(o) for head, o in zip(heads, block_out)]
+    with record_function("abl/aux_heads_forward"):
+        aux = [head(o) for head, o in zip(heads, block_out)]
     return ABLPass(features, logits, block_out, boundaries, taps, aux)
 
 
