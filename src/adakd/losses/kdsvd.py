@@ -20,8 +20,8 @@ def _finite(x: Tensor) -> Tensor:
 def _sanitize_grad(x: Tensor) -> Tensor:
     """``x`` unchanged, but a non-finite gradient flowing back through it is zeroed.
 
-    The SVD backward divides by s_i^2 - s_j^2, which is infinite for repeated singular values
-    (e.g. an all-zero or rank-deficient map); this keeps such NaN/inf out of the student.
+    The eigh backward (like an SVD's) divides by s_i^2 - s_j^2, which is infinite for repeated singular
+    values (e.g. an all-zero or rank-deficient map); this keeps such NaN/inf out of the student.
     """
     if x.requires_grad:
         x.register_hook(lambda grad: None if grad is None else _finite(grad))
@@ -33,7 +33,7 @@ def top_right_singular(f: Tensor, n: int) -> tuple[Tensor, Tensor]:
 
     Returns V [B, C, n] (each column L2-normalised) and S [B, n] (L2-normalised over the n values),
     n capped at min(H*W, C) as a thin SVD would. Computed from the smaller Gram matrix instead of an
-    SVD of X (the same vectors up to sign, which the callers fix; about 10x cheaper on CPU):
+    SVD of X (the same vectors up to sign, which the callers fix; about 3x cheaper on a CPU):
 
         C <= H*W:  X^T X = V diag(s^2) V^T               -> V's top n columns
         C >  H*W:  X X^T = U diag(s^2) U^T,  v_i = X^T u_i / s_i   -> normalise(X^T u_i)
@@ -99,6 +99,9 @@ class KDSVD(Distiller):
     values are zeroed in the forward pass (as the CRD code does) and in the SVD's backward pass
     (repeated singular values). Defaults k = 1 (CRD code), weight 1 (mdistiller; the CRD scripts
     list no weight for it). It does not decompose into per-stage spots (each term spans two stages).
+    mdistiller's code decomposes another matrix, ``feat.view(B, C*H, W)`` (singular vectors over the
+    image width, W x W): a different, much cheaper loss; the cost of this one is measured in
+    benchmarks/RESULTS.md.
 
     Lee, Kim, Song, "Self-supervised Knowledge Distillation Using Singular Value Decomposition", ECCV 2018.
     """
