@@ -5,7 +5,7 @@ Shared by the feature distillers (FitNet, AT, NST, FT, AB, FSP, KDSVD, OFD, Revi
 * :func:`paired_stage_maps` checks that two models can be compared stage by stage
   (same number of stages, convolutional ``(C, H, W)`` maps) and pairs their shapes;
 * :func:`resize_to` / :func:`pool_to_common` bring two maps to one spatial size
-  (adaptive average pooling down, nearest-neighbour up);
+  (adaptive average pooling down, nearest-neighbour up; :func:`pool_to_common_precise` pools in float32);
 * :class:`ConvBNRegressor` maps a student map ``(C_s, H_s, W_s)`` onto a teacher map
   ``(C_t, H_t, W_t)`` of any spatial size ratio (conv + BN, optional ReLU).
 """
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..errors import ShapeError
 from ..models.contract import FeatureShapes
+from ..runtime.device import at_least_float32
 
 MapShape = tuple[int, int, int]
 
@@ -68,6 +69,15 @@ def pool_to_common(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     """Both maps adaptive-average-pooled to the smaller spatial size (per dimension)."""
     size = (min(a.shape[-2], b.shape[-2]), min(a.shape[-1], b.shape[-1]))
     return resize_to(a, size), resize_to(b, size)
+
+
+def pool_to_common_precise(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`pool_to_common` with the pooling in at least float32. Maps of one size already come back
+    as they are, in their own dtype and layout (no copy): the loss's float32 arithmetic promotes a
+    bf16 map inside its first kernel, which gives the same values as converting it first."""
+    if a.shape[-2:] == b.shape[-2:]:
+        return a, b
+    return pool_to_common(at_least_float32(a), at_least_float32(b))
 
 
 class ConvBNRegressor(nn.Module):

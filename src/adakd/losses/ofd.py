@@ -9,8 +9,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, ShapeError
 from ..models.contract import Features, FeatureShapes
 from .base import DistillContext, Distiller, register_distiller
-from .connectors import paired_stage_maps, pool_to_common
-from ..runtime.device import at_least_float32
+from .connectors import paired_stage_maps, pool_to_common_precise
 
 
 def _normal_cdf(x: float) -> float:
@@ -44,11 +43,19 @@ def partial_l2(source: Tensor, target: Tensor, margin: Tensor) -> Tensor:
 
         d = (s - m)^2 [s > m and t <= m] + (s - t)^2 [s > t and m < t <= 0] + (s - t)^2 [t > 0]
         -> sum_{c,h,w} mean_n d
+
+    The three cases are disjoint for a margin m <= 0 (m = E[x | x < 0]), so with the target clipped at
+    the margin, tau = max(t, m), this is one squared difference, kept where t > 0 or s > tau:
+
+        d = e^2,  e = (s - tau) [t > 0 or s > tau]
+
+    elementwise the same numbers in a third of the passes. ``source`` may be bf16: the subtraction
+    promotes it to ``margin``'s (float32 or wider) dtype.
     """
-    d = ((source - margin).pow(2) * ((source > margin) & (target <= margin))
-         + (source - target).pow(2) * ((source > target) & (target > margin) & (target <= 0))
-         + (source - target).pow(2) * (target > 0))
-    return d.mean(dim=0).sum()
+    tau = torch.maximum(target, margin)
+    diff = source - tau
+    e = torch.where((target > 0) | (diff > 0), diff, 0.0)
+    return e.square().mean(dim=0).sum()
 
 
 @register_distiller
@@ -118,6 +125,6 @@ class OFD(Distiller):
         return list(f.preact_stages[1:])
 
     def spot_loss(self, i: int, s: Tensor, t: Tensor, ctx: DistillContext) -> Tensor:
-        source, target = pool_to_common(at_least_float32(self.connectors[i](s)), at_least_float32(t.detach()))
-        margin = self.margin(i).to(source.dtype)
+        source, target = pool_to_common_precise(self.connectors[i](s), t.detach())
+        margin = self.margin(i).to(torch.promote_types(source.dtype, torch.float32))
         return self.weight * self.stage_weights[i] * partial_l2(source, target, margin)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..models.contract import FeatureShapes
 from .base import DistillContext, Distiller, register_distiller
-from .connectors import paired_stage_maps, pool_to_common
+from .connectors import paired_stage_maps, pool_to_common_precise
 from ..runtime.device import autocast_off
 
 
@@ -42,10 +42,20 @@ class GaussianRegressor(nn.Module):
         return F.softplus(self.alpha) + self.eps
 
     def negative_log_likelihood(self, s: Tensor, t: Tensor) -> Tensor:
-        """mean over (B, C, H, W) of 0.5 * (log var + (mu(s) - t)^2 / var)."""
+        """mean over (B, C, H, W) of 0.5 * (log var + (mu(s) - t)^2 / var), computed as
+
+            0.5 * ( mean_c log var_c + sum_c (sum_{b,h,w} (mu - t)^2) / var_c / (B C H W) )
+
+        (one subtraction and one per-channel sum of squares over the big maps). The 1x1 convs of mu
+        run in the caller's precision (bf16 under autocast, like the student's convs); the likelihood
+        in at least float32 (a bf16 ``t`` is promoted inside the subtraction).
+        """
         mu = self.mean(s)
-        var = self.variance().view(1, -1, 1, 1)
-        return (0.5 * (torch.log(var) + (mu - t).pow(2) / var)).mean()
+        with autocast_off(mu):
+            var = self.variance()
+            diff = mu.to(torch.promote_types(mu.dtype, var.dtype)) - t
+            squares = diff.square().sum(dim=(0, 2, 3))
+            return 0.5 * (torch.log(var).mean() + (squares / var).sum() / diff.numel())
 
 
 @register_distiller
@@ -91,7 +101,7 @@ class VID(Distiller):
         regressor = self.regressors[i]
         if s.shape[0] == 0:
             return s.sum() * 0.0 + regressor.alpha.sum() * 0.0
-        with autocast_off(s):
-            dtype = regressor.alpha.dtype
-            s, t = pool_to_common(s.to(dtype), t.detach().to(dtype))
-            return self.weight * regressor.negative_log_likelihood(s, t)
+        s, t = pool_to_common_precise(s, t.detach())
+        if not torch.is_autocast_enabled(s.device.type):  # e.g. float64 maps into a float32 regressor
+            s = s.to(regressor.alpha.dtype)
+        return self.weight * regressor.negative_log_likelihood(s, t)
