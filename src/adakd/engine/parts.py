@@ -1,7 +1,7 @@
 """What a run is made of (:class:`RunParts`) and how it is built from the config (:func:`build_parts`):
-data, teacher (trained from its recipe or loaded; evaluated once per weights, :mod:`.teacher_score`), student, the fast path (precision and
-memory format, :mod:`.probe`), distiller and strategy with its phases, the teacher cache; the same
-initial weights on every rank of a torchrun job."""
+data, teacher (trained from its recipe or loaded; its test accuracy evaluated once per weights,
+:mod:`.teacher_score`), student, the fast path (precision and memory format, :mod:`.probe`), distiller
+and strategy with its phases, the teacher cache; the same initial weights on every rank of a torchrun job."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -97,7 +97,8 @@ def build_parts(cfg: RunConfig, dist: ddp.DistInfo, run_dir: RunDir, log: Callab
         _to_device(teacher, device, channels_last)
         with clock.phase("teacher_eval"):
             teacher_top1, cached = teacher_test_top1(cfg, teacher, data, device, precision, channels_last, dist)
-        log(f"teacher {cfg.teacher.name}: test top-1 {teacher_top1:.2f}%" + (" (cached for these weights)" if cached else ""))
+        log(f"teacher {cfg.teacher.name}: test top-1 {teacher_top1:.2f}%"
+            + (" (cached for these weights)" if cached else ""))
     _to_device(student, device, channels_last)
     if cfg.train.sync_batchnorm and dist.active:
         ddp.convert_sync_batchnorm(student, device)
