@@ -25,11 +25,11 @@ def process_start_time() -> float:
     try:
         with open("/proc/self/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        start_ticks = int(fields[19])  # field 22 of proc(5): starttime, clock ticks after boot
-        with open("/proc/stat") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
-        return boot + start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration, AttributeError):
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of proc(5): starttime after boot
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])  # seconds since boot, 10 ms resolution
+        return time.time() - (uptime - started)
+    except (OSError, ValueError, IndexError, AttributeError):
         return _IMPORTED_AT
 
 
