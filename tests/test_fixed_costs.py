@@ -150,7 +150,8 @@ def test_a_run_reads_its_teachers_accuracy_from_the_cache_the_second_time(tmp_pa
 
 
 def test_summary_breaks_the_wall_time_down_by_phase(tmp_path, fmnist_root):
-    summary = run(tmp_path, fmnist_root)
+    lines: list[str] = []
+    summary = run(tmp_path, fmnist_root, log=lines.append)
     t = summary["time_s"]
     for key in ("startup", "setup", "probe", "train_steps", "eval", "checkpoint", "other", "total", "fixed_share"):
         assert key in t, key
@@ -160,6 +161,8 @@ def test_summary_breaks_the_wall_time_down_by_phase(tmp_path, fmnist_root):
     assert all(v >= 0 for v in t.values()) and t["eval"] > 0 and t["checkpoint"] > 0
     assert t["fixed_share"] == pytest.approx(1 - t["train_steps"] / t["total"], abs=1e-3)
     assert json.loads((Path(summary["run_dir"]) / "summary.json").read_text())["time_s"] == t
+    assert lines[-1].startswith(f"wall time {t['total']:.1f} s, {100 * t['fixed_share']:.1f}% outside the training "
+                                f"steps: startup {t['startup']:.1f}, setup {t['setup']:.1f}")
 
 
 def test_phase_clock_subtracts_nested_phases_and_knows_the_process_start():

@@ -343,6 +343,9 @@ class Trainer:
         self._log(f"done: best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']}), "
                   f"last {summary['last_top1']:.2f}%, {summary['train_seconds']:.0f} s, "
                   f"{summary['images_per_second']:.0f} img/s -> {self.run_dir.path}")
+        t = summary["time_s"]
+        self._log(f"wall time {t['total']:.1f} s, {100 * t['fixed_share']:.1f}% outside the training steps: "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in t.items() if k not in ("total", "fixed_share", "train_steps")))
         return summary
 
     def time_breakdown(self) -> dict[str, float]:
@@ -353,7 +356,9 @@ class Trainer:
         ``fixed_share`` = 1 - train_steps / total."""
         started, startup, train_before = self._started
         total = startup + time.perf_counter() - started
-        parts = {"startup": startup, **self.clock.seconds, "train_steps": self.totals.train_seconds - train_before}
+        measured = {"startup": startup, **self.clock.seconds, "train_steps": self.totals.train_seconds - train_before}
+        order = ("startup", "setup", "teacher", "probe", "teacher_eval", "train_steps", "eval", "checkpoint")
+        parts = {k: measured.pop(k) for k in order if k in measured} | measured  # reading order, then any other
         parts["other"] = max(total - sum(parts.values()), 0.0)
         out = {k: round(v, 3) for k, v in parts.items()}
         out["total"] = round(total, 3)
