@@ -24,7 +24,7 @@ from adakd.engine.checkpoint import load_checkpoint
 from adakd.runtime.signals import StopFlag
 
 #: Records that legitimately differ between an interrupted and an uninterrupted run (wall-clock time).
-TIME_KEYS = {"train_seconds", "seconds", "images_per_second"}
+TIME_KEYS = {"train_seconds", "seconds", "images_per_second", "time_s"}
 
 
 def tiny(root: Path, run_dir: Path, **train_updates) -> dict:

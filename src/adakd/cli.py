@@ -412,8 +412,15 @@ def entry(argv: Any = None) -> None:
     """The console script. A torchrun worker leaves with ``os._exit`` once its work is saved and the
     process group is destroyed: interpreter finalisation can otherwise abort in gloo's C++ destructors
     ("terminate called without an active exception", SIGABRT; seen once in CI on a finished run), which
-    torchrun reports as a failed job although every file was written."""
+    torchrun reports as a failed job although every file was written.
+
+    Before leaving, ``gc.freeze()``: the interpreter's finalisation otherwise runs full garbage collections
+    over every object torch and its compiler stack created (1-7 s on a 2-core CPU, more than a short run's
+    checkpoints); frozen objects are left to the OS. atexit handlers, flushes and file closes still run."""
     code = main(argv)
+    import gc
+
+    gc.freeze()
     from .runtime.distributed import launched_by_torchrun
 
     if launched_by_torchrun():

@@ -184,6 +184,8 @@ class TrainConfig(_Strict):
     compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "auto"
     #: Deterministic algorithms (bitwise-reproducible on CPU).
     deterministic: bool = True
+    #: Test accuracy every k epochs and after each phase's last epoch; best.pt / best_top1 are the best of the
+    #: evaluated epochs, and the other epochs' metrics.jsonl lines have no test_* fields (1: every epoch).
     eval_every: int = Field(1, gt=0, strict=True)
     #: Cap on steps per epoch (quick experiments and tests); None = the whole split.
     max_steps_per_epoch: int | None = Field(None, gt=0)

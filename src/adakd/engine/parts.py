@@ -1,7 +1,7 @@
 """What a run is made of (:class:`RunParts`) and how it is built from the config (:func:`build_parts`):
-data, teacher (trained from its recipe or loaded; evaluated), student, the fast path (precision and
-memory format, :mod:`.probe`), distiller and strategy with its phases, the teacher cache; the same
-initial weights on every rank of a torchrun job."""
+data, teacher (trained from its recipe or loaded; its test accuracy evaluated once per weights,
+:mod:`.teacher_score`), student, the fast path (precision and memory format, :mod:`.probe`), distiller
+and strategy with its phases, the teacher cache; the same initial weights on every rank of a torchrun job."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,15 +15,16 @@ from ..data import build_data
 from ..models.contract import ContractModel
 from ..runtime import distributed as ddp
 from ..runtime.device import resolve_device
+from ..runtime.phase_clock import PhaseClock
 from ..runtime.seeding import seed_everything
 from ..strategies import Phase, Strategy
 from . import teacher_cache
 from .components import build_components, build_student, spec_of
-from .evaluate import evaluate
 from .fast import compile_models
 from .probe import FastPath, resolve_run_fast_path
 from .run_dir import RunDir
 from .teacher import load_teacher, teacher_checkpoint_path
+from .teacher_score import teacher_test_top1
 
 
 @dataclass
@@ -66,9 +67,11 @@ def _to_device(model: nn.Module, device: torch.device, channels_last: bool) -> n
 
 
 def build_parts(cfg: RunConfig, dist: ddp.DistInfo, run_dir: RunDir, log: Callable[[str], None],
-                train_recipe: Callable[[RunConfig], object]) -> RunParts:
+                train_recipe: Callable[[RunConfig], object], clock: PhaseClock | None = None) -> RunParts:
     """Build every part of the run on this rank, in an order that keeps the student's initial weights
-    independent of the teacher (``train_recipe``: trains a teacher recipe where its checkpoint is missing)."""
+    independent of the teacher (``train_recipe``: trains a teacher recipe where its checkpoint is missing).
+    ``clock`` gets the seconds of the phases ``teacher`` (recipe or load), ``probe`` and ``teacher_eval``."""
+    clock = clock or PhaseClock()
     seed_everything(cfg.seed, cfg.train.deterministic)
     device = ddp.rank_device(resolve_device(cfg.device), dist)
     data = build_data(cfg.data, device, seed=cfg.seed, rank=dist.rank,
@@ -77,12 +80,14 @@ def build_parts(cfg: RunConfig, dist: ddp.DistInfo, run_dir: RunDir, log: Callab
     teacher: ContractModel | None = None
     teacher_top1: float | None = None
     if cfg.teacher is not None:
-        ckpt = ddp.run_on_main(lambda: teacher_checkpoint_path(cfg.teacher, cfg, train_recipe, log))
-        teacher = load_teacher(cfg.teacher, data.info, device, ckpt)
+        with clock.phase("teacher"):
+            ckpt = ddp.run_on_main(lambda: teacher_checkpoint_path(cfg.teacher, cfg, train_recipe, log))
+            teacher = load_teacher(cfg.teacher, data.info, device, ckpt)
     torch.manual_seed(cfg.seed)  # the student's init does not depend on whether a teacher was evaluated
     student = build_student(cfg.student, data.info).to(device)
     # precision / channels_last "auto": timed on copies of these models (engine/probe.py), rank 0's choice for all
-    fast_path = ddp.run_on_main(lambda: resolve_run_fast_path(cfg, device, student, teacher, data, steps))
+    with clock.phase("probe"):
+        fast_path = ddp.run_on_main(lambda: resolve_run_fast_path(cfg, device, student, teacher, data, steps))
     precision, channels_last = fast_path.precision, fast_path.channels_last
     log(fast_path.describe())
     for loader in (data.train, data.val, data.test):
@@ -90,8 +95,10 @@ def build_parts(cfg: RunConfig, dist: ddp.DistInfo, run_dir: RunDir, log: Callab
             loader.channels_last = channels_last
     if teacher is not None:
         _to_device(teacher, device, channels_last)
-        teacher_top1 = evaluate(teacher, data.test, device, precision, dist=dist)["top1"]
-        log(f"teacher {cfg.teacher.name}: test top-1 {teacher_top1:.2f}%")
+        with clock.phase("teacher_eval"):
+            teacher_top1, cached = teacher_test_top1(cfg, teacher, data, device, precision, channels_last, dist)
+        log(f"teacher {cfg.teacher.name}: test top-1 {teacher_top1:.2f}%"
+            + (" (cached for these weights)" if cached else ""))
     _to_device(student, device, channels_last)
     if cfg.train.sync_batchnorm and dist.active:
         ddp.convert_sync_batchnorm(student, device)

@@ -27,6 +27,8 @@ from ..errors import AdakdError, CheckpointError
 from ..losses.base import DistillContext
 from ..runtime import distributed as ddp
 from ..runtime.device import resolve_device
+from ..runtime import phase_clock
+from ..runtime.phase_clock import PhaseClock, startup_seconds
 from ..runtime.seeding import rng_state, set_rng_state
 from ..runtime.signals import StopFlag
 from ..strategies import Phase
@@ -102,6 +104,8 @@ class Trainer:
         self._distributed = distributed  # False: a 1-process run even inside a torchrun job (teacher recipes)
         self._claim: resume.RunDirClaim | None = None  # rank 0's hold of the run directory while run() works
         self._setup_done = False
+        self.clock = PhaseClock()  # wall seconds per phase of this invocation: summary.json's time_s
+        self._started = (0.0, 0.0, 0.0)  # run(): (perf_counter, startup seconds, train_seconds before it)
 
     # the run's parts as trainer.<name> (RunParts), for the loop and for callbacks
     dist, run_dir, device, data, steps_per_epoch = (_part(n) for n in (
@@ -113,6 +117,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train (or resume, or report a finished run); returns the summary. A failed setup leaves no
         run directory behind; a later error is also written to ``train.log``."""
+        self._started = (time.perf_counter(), startup_seconds(), self.totals.train_seconds)
         try:
             return self._run()
         except BaseException as exc:
@@ -128,14 +133,16 @@ class Trainer:
                 self._claim.release()
 
     def _run(self) -> dict[str, Any]:
-        check_names_and_options(self.cfg)  # a typo fails now, not after a teacher has trained
-        self.setup()
+        with self.clock.phase("setup"):
+            check_names_and_options(self.cfg)  # a typo fails now, not after a teacher has trained
+            self.setup()
         self._setup_done = True
         cfg = self.cfg
         resume_state = None
         if cfg.resume and ddp.run_on_main(lambda: resume.has_checkpoint(self.run_dir)):
             resume_state = ddp.run_on_main(lambda: resume.load_resume_state(self.run_dir, self._log))
             self._restore(resume_state)
+            self._started = (*self._started[:2], self.totals.train_seconds)
             self._log(f"resuming {self.run_dir.path}: phase {resume_state['phase']}, epoch {resume_state['epoch']}, "
                       f"step {resume_state['position']} of the epoch")
             at_end = (resume_state["phase_index"] == len(self.phases) - 1
@@ -238,8 +245,8 @@ class Trainer:
                 nonfinite.check_state(self._trained_modules(), phase.name, epoch, step, self._nonfinite_advice)
                 totals.train_seconds += time.perf_counter() - t0
                 totals.train_samples += acc.samples - samples0
-                t0, samples0 = time.perf_counter(), acc.samples
                 self._save(self.run_dir.last_checkpoint, self._state(index, epoch, step, opt.optimizer, acc, i + 1))
+                t0, samples0 = time.perf_counter(), acc.samples  # the save is the checkpoint's time, not training's
                 if stopping:
                     if bar is not None:
                         bar.close()
@@ -267,7 +274,8 @@ class Trainer:
         # before anything of this epoch is recorded
         nonfinite.check_state(self._trained_modules(), phase.name, epoch, step, self._nonfinite_advice)
         if phase.evaluate and ((epoch + 1) % cfg.train.eval_every == 0 or last_epoch):
-            result = evaluate(phase.model, self.data.test, self.device, self.precision, dist=self.dist)
+            with self.clock.phase("eval"):
+                result = evaluate(phase.model, self.data.test, self.device, self.precision, dist=self.dist)
             record.update({"test_top1": result["top1"], "test_top5": result["top5"], "test_loss": result["loss"]})
             if phase is self.phases[-1] and result["top1"] > totals.best["top1"]:
                 totals.best = {"top1": result["top1"], "top5": result["top5"], "epoch": record["epoch"]}
@@ -291,11 +299,9 @@ class Trainer:
 
     def finish(self, final: bool) -> dict[str, Any]:
         parts, totals = self.parts, self.totals
-        last = None
         records = [r for r in self.run_dir.read_metrics() if r.get("kind") == "epoch" and "test_top1" in r
                    and r.get("phase") == self.phases[-1].name]
-        if records:
-            last = records[-1]
+        last = records[-1] if records else None  # the last evaluated epoch of the last phase
         student = self.strategy.export_student()
         if final:
             self._save(self.run_dir.checkpoints / "student.pt",
@@ -324,6 +330,7 @@ class Trainer:
             "precision": self.precision,
             "channels_last": self.channels_last,
             "fast_path_probe": parts.fast_path.record(),
+            "time_s": self.time_breakdown(),
         }
         if final:
             summary.update(self.strategy.end_of_training())
@@ -335,7 +342,15 @@ class Trainer:
         self._log(f"done: best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']}), "
                   f"last {summary['last_top1']:.2f}%, {summary['train_seconds']:.0f} s, "
                   f"{summary['images_per_second']:.0f} img/s -> {self.run_dir.path}")
+        self._log(phase_clock.describe(summary["time_s"]))
         return summary
+
+    def time_breakdown(self) -> dict[str, float]:
+        """This invocation's wall seconds by phase, ``startup`` (0 for a later run in the same process) to
+        ``fixed_share``: :func:`adakd.runtime.phase_clock.breakdown`."""
+        started, startup, train_before = self._started
+        measured = {"startup": startup, **self.clock.seconds, "train_steps": self.totals.train_seconds - train_before}
+        return phase_clock.breakdown(measured, startup + time.perf_counter() - started)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> RunParts:
@@ -349,7 +364,7 @@ class Trainer:
         path = ddp.run_on_main(lambda: self._claim_run_dir(cfg))
         run_dir = RunDir(path) if dist.is_main else ranks.follower_run_dir(path)
         self._logger = run_dir.logger()
-        self.parts = build_parts(cfg, dist, run_dir, self._log, self._train_recipe)
+        self.parts = build_parts(cfg, dist, run_dir, self._log, self._train_recipe, self.clock)
         own = [TensorBoardWriter()] if cfg.train.tensorboard else []
         self.callbacks = CallbackList([*own, *self._user_callbacks], is_main=dist.is_main)
         self.callbacks.on_setup(self)
@@ -408,7 +423,8 @@ class Trainer:
     def _save(self, path: Path, payload: dict[str, Any]) -> None:
         """save_checkpoint on rank 0 only; ``last.pt``'s previous version stays as ``last.prev.pt``."""
         if self.dist.is_main:
-            save_checkpoint(path, payload, keep_previous=path == self.run_dir.last_checkpoint)
+            with self.clock.phase("checkpoint"):
+                save_checkpoint(path, payload, keep_previous=path == self.run_dir.last_checkpoint)
         self.callbacks.on_checkpoint(self, path)
 
     # ------------------------------------------------------------------ state

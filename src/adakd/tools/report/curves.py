@@ -36,7 +36,9 @@ def plot_curves(run_dir: Path, out_dir: Path) -> list[Path]:
     axes[0].set(title="training loss", xlabel="epoch")
     axes[0].legend(fontsize=7)
     axes[1].plot(epochs, [r.get("train_top1", float("nan")) for r in records], label="train")
-    axes[1].plot(epochs, [r.get("test_top1", float("nan")) for r in records], label="test")
+    tested = [r for r in records if "test_top1" in r]  # train.eval_every > 1: the evaluated epochs only
+    axes[1].plot([r["epoch"] for r in tested], [r["test_top1"] for r in tested], label="test",
+                 marker="o" if len(tested) < len(records) else None, markersize=3)
     axes[1].set(title="top-1 (%)", xlabel="epoch")
     axes[1].legend(fontsize=7)
     axes[2].plot(epochs, [r.get("lr", float("nan")) for r in records])
