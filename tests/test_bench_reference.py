@@ -21,7 +21,7 @@ from adakd.errors import ConfigError
 from adakd.runtime.device import cpu_info
 from adakd.tools.bench import BenchSettings, run_against_reference
 from adakd.tools.bench.environment import cpu_class
-from adakd.tools.bench.reference import cuda_to, load_reference
+from adakd.tools.bench.reference import REFERENCE_METHODS, cuda_to, load_reference
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -223,12 +223,13 @@ def test_cpu_class(flags, capability, limits, expected):
 
 
 @pytest.mark.skipif(not os.environ.get("ADAKD_REFERENCE_PATH"), reason="set ADAKD_REFERENCE_PATH to an mdistiller checkout")
-def test_real_reference_kd_step():
+def test_real_reference_every_method_steps():
+    """Every mapped method builds and steps on both sides (batch 8, one window each: about a minute)."""
     settings = BenchSettings(batch_sizes=[8], device="cpu", precision="fp32", channels_last=False, warmup=0,
                              repeats=1, threads=1)
-    result = run_against_reference(settings, ["kd", "dkd"], os.environ["ADAKD_REFERENCE_PATH"],
+    result = run_against_reference(settings, list(REFERENCE_METHODS), os.environ["ADAKD_REFERENCE_PATH"],
                                    REPO / "configs" / "cifar100")
     for record in result["results"]:
         assert "skipped" not in record, record
         assert record["reference"]["images_per_s"]["median"] > 0 and record["ratio"] > 0
-    assert [r["reference_type"] for r in result["results"]] == ["KD", "DKD"]
+    assert [r["reference_type"] for r in result["results"]] == [kind for kind, _ in REFERENCE_METHODS.values()]
