@@ -18,6 +18,7 @@ from adakd.tools.bench import BenchCase, BenchSettings, Rig, random_dataset, res
 from adakd.cli import main
 from adakd.config import validate
 from adakd.runtime.device import cpu_info
+from adakd.tools.bench.environment import cpu_class
 from adakd.engine.fast import compile_forward_features, prefer_fused, resolve_compile_mode, set_inductor_cache
 
 #: Tiny models, one CPU thread (two threads thrash on a shared, oversubscribed 2-core machine).
@@ -44,6 +45,7 @@ def test_cli_bench_reports_the_json_fields(tmp_path, capsys, monkeypatch):
         assert key in printed
     env = printed["environment"]
     assert {"cpu", "cpu_flags", "cpu_capability", "torch_threads", "load_average", "torch"} <= set(env)
+    assert env["cpu_class"] == cpu_class(cpu_info())
     assert env["cpu"] == cpu_info()["model"] and env["cpu"] and env["torch"] == torch.__version__
     assert set(env["cpu_flags"]) >= {"amx_bf16", "avx512f", "avx512_bf16", "avx2"}
     assert all(isinstance(v, bool) for v in env["cpu_flags"].values())

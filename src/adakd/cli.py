@@ -13,6 +13,7 @@
     adakd teachers list [--json]  |  adakd teachers fetch cifar100 [--url URL] [--force]
     adakd teachers eval cifar100 [--model resnet32x4 ...] [--data-root DIR] [--json]
     adakd bench [--suite adaptive] [--batch-size 64 128] [--compile] [--json] [--out FILE]
+    adakd bench --against reference --reference-path MDISTILLER [--methods kd dkd at] [--windows 5]
 
 User errors print one message and exit with code 2 (``--debug`` shows the traceback).
 """
@@ -122,12 +123,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--in-channels", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2, help="untimed windows (the first compiles)")
-    p.add_argument("--repeats", type=int, default=7, help="timed windows per path (interleaved)")
+    p.add_argument("--repeats", "--windows", type=int, default=7, help="timed windows per path (interleaved)")
     p.add_argument("--window", type=int, default=1, help="steps per timed window")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of the table")
     p.add_argument("--out", default=None, help="also write the JSON result to this file")
+    p.add_argument("--against", choices=["reference"], default=None,
+                   help="time the reference code base's step (mdistiller) beside ours, per method")
+    p.add_argument("--reference-path", default=os.environ.get("ADAKD_REFERENCE_PATH"),
+                   help="an mdistiller checkout, for --against reference (default $ADAKD_REFERENCE_PATH)")
+    p.add_argument("--methods", nargs="+", default=["kd", "dkd", "at"],
+                   help="with --against reference: the methods to compare (default kd dkd at)")
+    p.add_argument("--configs", default="configs/cifar100",
+                   help="with --against reference: our configs, <DIR>/<method>/<pair>.yaml (default configs/cifar100)")
 
     p = sub.add_parser("list", help="what is available")
     p.add_argument("kind", choices=LIST_KINDS)
@@ -301,6 +310,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .tools.bench import format_table, progress_log, run_bench, settings_from_cli, write_json
 
     settings, cases = settings_from_cli(args)
+    if args.against == "reference":
+        from .tools.bench import format_against_table, run_against_reference
+
+        result = run_against_reference(settings, args.methods, args.reference_path, args.configs, log=progress_log)
+        if args.out:
+            write_json(result, args.out)
+        print(json.dumps(result, indent=2) if args.json else format_against_table(result))
+        return 0
     result = run_bench(settings, cases, log=progress_log)
     if args.out:
         write_json(result, args.out)

@@ -36,10 +36,12 @@ Modules, one job each: ``settings`` (cases, settings, suites, path specs), ``dat
 the eager per-sample pipeline), ``rig`` (one case's models, phase, optimiser and data, ready to
 step), ``paths`` (eager/fast, the fast one probed per case), ``memory`` (peak memory), ``measure``
 (timing, interleaved; the whole bench), ``environment`` (the machine), ``output`` (table, JSON,
-progress) and ``cli_args`` (``adakd bench`` arguments).
+progress), ``cli_args`` (``adakd bench`` arguments), ``reference`` (the reference code base's step,
+imported from a user's checkout) and ``against`` (``adakd bench --against reference``: its step beside ours).
 """
 from __future__ import annotations
 
+from .against import format_against_table, run_against_reference
 from .cli_args import parse_losses, settings_from_cli
 from .data import PerSampleLoader, random_dataset
 from .environment import environment
@@ -53,5 +55,6 @@ from .settings import CIFAR_MEAN, CIFAR_STD, PATHS, SUITES, BenchCase, BenchSett
 __all__ = [
     "BenchCase", "BenchSettings", "PathSpec", "SUITES", "PATHS", "CIFAR_MEAN", "CIFAR_STD", "random_dataset",
     "PerSampleLoader", "Rig", "resolve_paths", "case_paths", "PeakMemory", "measure_case", "run_bench", "environment",
-    "format_table", "write_json", "progress_log", "parse_losses", "settings_from_cli",
+    "format_table", "write_json", "progress_log", "parse_losses", "settings_from_cli", "run_against_reference",
+    "format_against_table",
 ]

@@ -12,10 +12,24 @@ import torch
 from ...runtime.device import cpu_info
 
 
+def cpu_class(cpu: dict[str, Any]) -> str:
+    """The CPU's class for bf16 training: ``amx_bf16``, ``avx512_bf16``, ``avx2`` (AVX2 only) or torch's
+    kernel level otherwise; under an instruction-set cap (:func:`isa_limits`), the capped kernel level."""
+    flags = cpu["flags"]
+    if cpu.get("isa_limits"):
+        return f"capped: {cpu['capability']}"
+    for flag in ("amx_bf16", "avx512_bf16"):
+        if flags.get(flag):
+            return flag
+    if flags.get("avx2") and not flags.get("avx512f"):
+        return "avx2"
+    return str(cpu["capability"])
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     """The machine and the load it was under (the numbers are only comparable on the same one)."""
     cpu = cpu_info()
-    env: dict[str, Any] = {"cpu": cpu["model"], "cpu_flags": cpu["flags"], "cpu_capability": cpu["capability"],
+    env: dict[str, Any] = {"cpu": cpu["model"], "cpu_class": cpu_class(cpu), "cpu_flags": cpu["flags"], "cpu_capability": cpu["capability"],
                            "isa_limits": cpu["isa_limits"],
                            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                            "torch": torch.__version__, "python": platform.python_version(), "device": str(device),
@@ -27,4 +41,4 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
-__all__ = ["environment"]
+__all__ = ["environment", "cpu_class"]

@@ -1,10 +1,11 @@
 """Measuring: every path of a case at one batch size, timed window by window, interleaved; a whole bench."""
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import asdict
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -104,13 +105,20 @@ def run_bench(settings: BenchSettings, cases: list[BenchCase] | None = None,
     cases = cases or SUITES["kd"]
     if settings.window < 1 or settings.repeats < 1 or settings.warmup < 1:
         raise ConfigError("bench needs warmup >= 1, repeats >= 1 and window >= 1.")
-    threads = torch.get_num_threads()
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    try:
+    with torch_threads(settings.threads):
         return _run_cases(settings, cases, log)
-    finally:
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU threads set to ``threads`` (None: left as they are) while inside."""
+    before = torch.get_num_threads()
+    if threads:
         torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _run_cases(settings: BenchSettings, cases: list[BenchCase], log: Callable[[str], None]) -> dict[str, Any]:
@@ -128,4 +136,4 @@ def _run_cases(settings: BenchSettings, cases: list[BenchCase], log: Callable[[s
             "paths": {k: asdict(v) for k, v in specs.items()}, "results": records}
 
 
-__all__ = ["measure_case", "run_bench"]
+__all__ = ["measure_case", "run_bench", "torch_threads"]

@@ -14,9 +14,10 @@ def format_table(result: dict[str, Any]) -> str:
     """The result as a text table (one row per case, batch and path), then the ratios."""
     env = result["environment"]
     s = result["settings"]
+    cpu_class = f"; CPU class {env['cpu_class']}" if "cpu_class" in env else ""  # older JSON: none
     lines = [f"adakd bench: teacher {s['teacher']} -> student {s['student']}, {s['in_channels']}x{s['image_size']}x"
              f"{s['image_size']} random data, {s['num_classes']} classes; {env['device']} ({_cpu_text(env)}"
-             f"{', ' + env['gpu'] if 'gpu' in env else ''}), {env['torch_threads']} threads, torch {env['torch']}, "
+             f"{', ' + env['gpu'] if 'gpu' in env else ''}){cpu_class}, {env['torch_threads']} threads, torch {env['torch']}, "
              f"load {env.get('load_average')} -> {env.get('load_average_after')}"]
     for name, p in result["paths"].items():
         lines.append(f"  {name}: {_auto(p['precision'])}, channels_last {_auto(p['channels_last'])}, compile "

@@ -50,7 +50,7 @@ class Rig:
                                    image_size=s.image_size, **s.student_kwargs)
         parts = build_components(
             ComponentSpec(losses=case.losses, strategy=case.strategy, strategy_options=dict(case.options),
-                          seed=s.seed), self.student, self.teacher, device=device, precision=spec.precision,
+                          ce_weight=case.ce_weight, seed=s.seed), self.student, self.teacher, device=device, precision=spec.precision,
             channels_last=spec.channels_last, num_classes=s.num_classes, num_train=len(labels),
             steps_per_epoch=len(fast_train), val_loader=self.val, test_loader=self.val)
         self.distiller, self.strategy = parts.distiller, parts.strategy

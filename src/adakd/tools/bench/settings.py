@@ -19,6 +19,8 @@ class BenchCase:
     strategy: str = "standard"
     options: dict[str, Any] = field(default_factory=dict)
     phase: str | None = None
+    #: Weight of the student's cross-entropy (a config's ``ce_weight``).
+    ce_weight: float = 1.0
     #: Label of the case whose step time this case's overhead is relative to (same path, same batch).
     baseline: str | None = None
 
