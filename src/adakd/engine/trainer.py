@@ -29,6 +29,7 @@ from ..losses.base import DistillContext
 from ..models.contract import ContractModel
 from ..strategies import Phase
 from .callbacks import Callback, CallbackList, TensorBoardWriter
+from .trackers import build_trackers
 from .checkpoint import clean_stale_temporaries, load_checkpoint, load_weights, previous_path, save_checkpoint
 from ..runtime.device import resolve_device
 from ..runtime import distributed as ddp
@@ -216,7 +217,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, log: Callable[[str], None] | None = None, distributed: bool = True,
                  allow_changes: tuple[str, ...] = (), callbacks: Iterable[Callback] = ()) -> None:
         self.cfg = cfg
-        self._callbacks = list(callbacks)  # plus the config's own (TensorBoard), joined in setup()
+        self._callbacks = list(callbacks)  # plus the config's own (TensorBoard, trackers), joined in setup()
         self.callbacks = CallbackList()
         self.allow_changes = tuple(allow_changes)
         self._made: list[Path] | None = None  # what rank 0 created for this run (removed if setup fails)
@@ -258,6 +259,7 @@ class Trainer:
         self.dist = ddp.init_distributed(resolve_device(cfg.device)) if self._distributed else ddp.SINGLE
         if not self.dist.is_main:  # only rank 0 prints and writes
             self._print = lambda msg: None
+        trackers = build_trackers(cfg, self.dist.is_main)  # checked before anything is written or trained
         # resume: auto (and torchrun restarts): rank 0 decides from the run directory, every rank follows
         self.cfg = cfg = ddp.run_on_main(lambda: ranks.resolve_auto_resume(cfg, self.allow_changes, self._print))
         path = ddp.run_on_main(lambda: self._create_run_dir(dump_config(cfg)))
@@ -313,7 +315,8 @@ class Trainer:
             compile_models([self.student, self.teacher], self.device, cfg.train.compile_mode,
                            static_shapes=cfg.data.drop_last, cache_dir=self.run_dir.path / "inductor_cache")
         own = [TensorBoardWriter()] if cfg.train.tensorboard else []
-        self.callbacks = CallbackList([*own, *self._callbacks], is_main=self.dist.is_main)
+        # trackers last: they record the epoch records as completed by every other callback
+        self.callbacks = CallbackList([*own, *self._callbacks, *trackers], is_main=self.dist.is_main)
         self.callbacks.on_setup(self)
 
     def _create_run_dir(self, config_text: str) -> str:
