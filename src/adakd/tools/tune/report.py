@@ -15,7 +15,7 @@ from typing import Any
 
 from ...errors import ConfigError
 from ...runtime.atomic import atomic_savefig, atomic_write_text
-from .study import STUDY_FILE, _optuna
+from .study import STUDY_FILE, _optuna, driver_url
 
 
 def is_tune_study(target: str | Path) -> bool:
@@ -68,7 +68,7 @@ def build_study_report(target: str | Path, out: str | Path | None = None) -> tup
     folder = Path(target)
     meta = json.loads((folder / STUDY_FILE).read_text())
     try:
-        study = optuna.load_study(study_name=meta["study"], storage=meta["storage"])
+        study = optuna.load_study(study_name=meta["study"], storage=driver_url(meta["storage"]))
     except Exception as exc:  # noqa: BLE001
         raise ConfigError(f"{folder}: cannot open study {meta['study']!r} in {meta['storage']} ({exc}).") from None
     keys = sorted({k for t in study.get_trials(deepcopy=False) for k in t.params})

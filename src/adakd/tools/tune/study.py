@@ -55,7 +55,15 @@ def public_url(url: str) -> str:
         parsed = make_url(url)
     except Exception:  # noqa: BLE001 - not a URL: the storage will say so
         return url
-    return parsed.set(password=None).render_as_string(hide_password=False) if parsed.password else url
+    # URL is a NamedTuple; .set(password=None) keeps the password in SQLAlchemy 2.1
+    return parsed._replace(password=None).render_as_string(hide_password=False) if parsed.password else url
+
+
+def driver_url(url: str) -> str:
+    """PostgreSQL through psycopg 3 (the tune extra), whatever SQLAlchemy's default driver for postgresql://."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
 
 
 def open_storage(url: str, space: SearchSpace) -> Any:
@@ -64,6 +72,7 @@ def open_storage(url: str, space: SearchSpace) -> Any:
     from optuna.storages import RDBStorage
 
     engine = {"connect_args": {"timeout": 300}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    given, url = url, driver_url(url)
     if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # Optuna >= 4.9
         retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)}
     else:
@@ -81,11 +90,11 @@ def open_storage(url: str, space: SearchSpace) -> Any:
                 time.sleep(0.5 + random.random() * 2 ** attempt)
         raise AssertionError("unreachable")
     except ModuleNotFoundError as exc:
-        raise ConfigError(f"--storage {public_url(url)}: the database driver {exc.name} is missing "
-                          "(PostgreSQL: pip install -c constraints.txt 'adakd[tune]' brings psycopg2-binary).") from None
+        raise ConfigError(f"--storage {public_url(given)}: the database driver {exc.name} is missing "
+                          "(PostgreSQL: pip install -c constraints.txt 'adakd[tune]' brings psycopg).") from None
     except Exception as exc:  # noqa: BLE001 - unreachable server, bad URL, refused login: one message
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"--storage {public_url(url)}: cannot open the study database ({first}). Check the URL "
+        raise ConfigError(f"--storage {public_url(given)}: cannot open the study database ({first}). Check the URL "
                           "and that the server runs (sqlite:///PATH needs nothing).") from None
 
 
