@@ -174,6 +174,20 @@ def test_a_pruned_trial_stops_after_its_epoch_is_recorded(tmp_path, fmnist_root)
     assert (run_dir / "checkpoints" / "last.pt").is_file() and not (run_dir / "summary.json").exists()
 
 
+def test_a_grid_study_runs_each_combination_once(tmp_path, fmnist_root):
+    config = write_configs(tmp_path, fmnist_root, epochs=1)
+    space = write_space(tmp_path / "g.yaml", trials=4, sampler="grid",
+                        space={"losses.kd.temperature": {"choices": [2.0, 4.0]},
+                               "train.optimizer.lr": {"choices": [0.02, 0.05]}})
+    run_tune(config, space, out=tmp_path / "study", log=lambda m: None)
+    study = study_of(tmp_path / "study")
+    assert sorted(tuple(t.params.values()) for t in study.trials) == [(2.0, 0.02), (2.0, 0.05), (4.0, 0.02),
+                                                                      (4.0, 0.05)]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"sampler": "grid", "space": {"a.b": {"float": [1, 2]}}}))
+    with pytest.raises(ConfigError, match="sampler grid needs every key of space as"):
+        load_space(tmp_path / "bad.yaml")
+
+
 # ----------------------------------------------------------------------------------------------- many workers
 
 @pytest.mark.slow

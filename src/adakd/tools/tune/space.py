@@ -4,7 +4,7 @@
     trials: 20                    # finished trials (complete or pruned) the study stops at
     metric: val_top1              # the held-out validation split's top-1 (or val_loss); never the test split
     direction: maximize           # default: maximize for val_top1, minimize for val_loss
-    sampler: tpe                  # tpe (default) | random
+    sampler: tpe                  # tpe (default) | random | grid (every key a list of choices: each combination once)
     seed: 0                       # the sampler's seed
     pruner: median                # median (default) | asha | none: on the per-epoch validation metric
     heartbeat: {interval: 10, grace: 60}   # seconds; a trial silent for `grace` is failed and retried
@@ -29,7 +29,7 @@ import yaml
 from ...errors import ConfigError
 
 METRICS = {"val_top1": "maximize", "val_loss": "minimize"}
-SAMPLERS = ("tpe", "random")
+SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "asha", "none")
 _FILE_KEYS = {"study", "trials", "metric", "direction", "sampler", "seed", "pruner", "heartbeat", "space"}
 
@@ -149,6 +149,9 @@ def load_space(path: str | Path) -> SearchSpace:
     if interval < 1 or grace <= interval:
         raise ConfigError(f"{where}: heartbeat needs interval >= 1 and grace > interval (got {interval}, {grace}).")
     params = tuple(_param(str(k), v, where) for k, v in data["space"].items())
+    if sampler == "grid" and any(p.kind != "choices" for p in params):
+        raise ConfigError(f"{where}: sampler grid needs every key of space as {{choices: [...]}}; "
+                          f"{', '.join(p.key for p in params if p.kind != 'choices')} are ranges.")
     return SearchSpace(study=str(data.get("study") or path.stem), params=params, trials=trials, metric=metric,
                        direction=direction, sampler=sampler, seed=data.get("seed", 0), pruner=pruner,
                        heartbeat_interval=interval, heartbeat_grace=grace, source=str(path.resolve()))

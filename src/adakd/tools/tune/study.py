@@ -104,6 +104,8 @@ def _sampler(space: SearchSpace) -> Any:
     seed = None if space.seed is None else int(space.seed) * 1_000_003 + os.getpid()
     if space.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if space.sampler == "grid":  # every combination of the choices once, shared out over the workers
+        return optuna.samplers.GridSampler({p.key: list(p.choices) for p in space.params}, seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
 
 
