@@ -29,7 +29,7 @@ def write_configs(folder: Path, root: Path, epochs: int = 2) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     common = {"seed": 0, "device": "cpu", "output_dir": str(folder / "runs"), "progress": False,
               "data": {"name": "fashion_mnist", "root": str(root), "batch_size": 32, "eval_batch_size": 500,
-                       "train_subset": 192, "test_subset": 200, "val_fraction": 0.25},
+                       "train_subset": 192, "test_subset": 200, "val_fraction": 0.02},
               "train": {"epochs": epochs, "precision": "fp32", "channels_last": False, "optimizer": {"lr": 0.05},
                         "schedule": {"name": "cosine"}}}
     teacher = {**common, "name": "teacher", "student": {"name": "resnet8", "kwargs": {"widths": [8, 8, 16]}},
@@ -107,7 +107,8 @@ def test_config_without_validation_split_or_bad_key_is_refused_before_any_trial(
 
 # ----------------------------------------------------------------------------------------------- one worker
 
-def test_a_study_of_ordinary_runs_scored_on_validation(tmp_path, fmnist_root):
+def test_a_study_of_ordinary_runs_scored_on_validation(tmp_path, fmnist_root, monkeypatch):
+    monkeypatch.setenv("ADAKD_CACHE", str(tmp_path / "cache"))  # its own teacher cache: trained here, once
     config = write_configs(tmp_path, fmnist_root)
     lines: list[str] = []
     result = run_tune(config, write_space(tmp_path / "s.yaml", trials=3), out=tmp_path / "study", log=lines.append)
@@ -191,7 +192,8 @@ def test_a_grid_study_runs_each_combination_once(tmp_path, fmnist_root):
 # ----------------------------------------------------------------------------------------------- many workers
 
 @pytest.mark.slow
-def test_two_workers_on_one_sqlite_storage_finish_one_study(tmp_path, fmnist_root):
+def test_two_workers_on_one_sqlite_storage_finish_one_study(tmp_path, fmnist_root, monkeypatch):
+    monkeypatch.setenv("ADAKD_CACHE", str(tmp_path / "cache"))  # its own teacher cache (the workers inherit it)
     config = write_configs(tmp_path, fmnist_root, epochs=1)
     space = write_space(tmp_path / "s.yaml", trials=4)
     out = tmp_path / "study"
