@@ -12,6 +12,7 @@
     adakd record SWEEP.yaml|RUNS_DIR [-o studies/NAME/runs.jsonl.gz]
     adakd teachers list [--json]  |  adakd teachers fetch cifar100 [--url URL] [--force]
     adakd teachers eval cifar100 [--model resnet32x4 ...] [--data-root DIR] [--json]
+    adakd tune CONFIG --space SPACE.yaml [key=value ...] [--trials N] [--storage URL] [--out DIR]
     adakd bench [--suite adaptive] [--batch-size 64 128] [--compile] [--json] [--out FILE]
     adakd bench --against reference --reference-path MDISTILLER [--methods kd dkd at] [--windows 5]
 
@@ -49,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="a plugin to import first (dotted module or .py file) that registers your own models, "
                              "losses, strategies or datasets; repeatable (configs can also say imports: [...])")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                help="train, eval, plot, export, bench, list, sweep, report, record, cache, teachers "
+                                help="train, eval, plot, export, bench, list, sweep, tune, report, record, cache, teachers "
                                      "(adakd COMMAND -h)")
 
     p = sub.add_parser("train", help="train a teacher or distil a student from a config")
@@ -147,6 +148,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=1, help="runs at a time (subprocesses; default 1)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state; train nothing")
 
+    p = sub.add_parser("tune", help="search hyperparameters with Optuna (trials are runs, scored on the validation "
+                       "split); every worker on the same --storage joins the same study")
+    p.add_argument("config", help="the base config (needs data.val_fraction > 0)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of the base config, e.g. train.epochs=5")
+    p.add_argument("--space", required=True, help="search file: dotted keys -> ranges/choices, trials, sampler, "
+                   "pruner (see adakd/tools/tune/space.py)")
+    p.add_argument("--trials", type=int, default=None, help="finished trials the study stops at (default: the file's)")
+    p.add_argument("--storage", default=None, help="study database URL shared by workers, e.g. "
+                   "postgresql://user@host/db (default: sqlite file in the study folder)")
+    p.add_argument("--study", default=None, help="study name (default: the file's `study:` or its name)")
+    p.add_argument("--out", default=None, help="study folder: trial runs, best.yaml (default OUTPUT_DIR/tune-STUDY)")
+
     p = sub.add_parser("cache", help="teacher-output cache: build it once for a config (resumable; torchrun: views "
                        "split over ranks), or describe one")
     csub = p.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
@@ -176,7 +189,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true")
 
     p = sub.add_parser("report", help="results table (mean +- std over seeds, gains, published numbers) of runs")
-    p.add_argument("target", help="sweep file, a folder holding run directories, or a study folder (its runs.jsonl.gz)")
+    p.add_argument("target", help="sweep file, a folder holding run directories, a study folder (its runs.jsonl.gz), "
+                   "or an `adakd tune` study folder (best trial, trials table, plots)")
     p.add_argument("--out", default=None, help="where results.md / results.csv go (default: beside the runs)")
 
     p = sub.add_parser("record", help="a study's compact record: every run directory as one JSON line (config, "
@@ -339,6 +353,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .tools.tune.study import run_tune
+
+    result = run_tune(args.config, args.space, list(args.overrides), storage=args.storage, out=args.out,
+                      trials=args.trials, study_name=args.study, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     from .tools.cache import cache_command
 
@@ -384,8 +407,8 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "export": cmd_export, "list": cmd_list,
-            "bench": cmd_bench, "sweep": cmd_sweep, "report": cmd_report, "record": cmd_record, "cache": cmd_cache,
-            "teachers": cmd_teachers}
+            "bench": cmd_bench, "sweep": cmd_sweep, "tune": cmd_tune, "report": cmd_report, "record": cmd_record,
+            "cache": cmd_cache, "teachers": cmd_teachers}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -197,6 +197,11 @@ class TrainConfig(_Strict):
     sync_batchnorm: bool = False
     #: Also write every epoch's metrics as TensorBoard scalars to RUN_DIR/tensorboard (the tensorboard extra).
     tensorboard: bool = False
+    #: Experiment trackers that also receive every epoch's record, the resolved config and the summary
+    #: (rank 0 only; each an optional extra: ``mlflow``, ``wandb``). See :mod:`adakd.engine.trackers`.
+    trackers: list[Literal["mlflow", "wandb"]] = Field(default_factory=list)
+    #: Also upload ``checkpoints/student.pt`` to the trackers at the end of the run (opt-in: a file per run).
+    tracker_artifacts: bool = False
 
 
 class StrategyConfig(_Strict):

@@ -96,3 +96,13 @@ def accumulator_state(acc: EpochAccumulator | None) -> dict[str, Any] | None:
     total.sums = dict(acc.sums)
     reduce_accumulator(total)
     return total.state_dict()
+
+
+def describe_epoch(record: dict[str, Any]) -> str:
+    """An epoch record's log line: loss, then train and test top-1 where the record has them."""
+    msg = f"loss {record.get('loss', float('nan')):.4f}"
+    if "train_top1" in record:
+        msg += f" train {record['train_top1']:.2f}%"
+    if "test_top1" in record:
+        msg += f" test {record['test_top1']:.2f}% (top-5 {record['test_top5']:.2f}%)"
+    return msg

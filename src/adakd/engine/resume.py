@@ -29,7 +29,7 @@ from .run_dir import RunDir, RunDirLock
 
 #: Keys that may differ on ``--resume`` without making it another run (where things live, how it runs or shows).
 RESUME_IGNORED = ("resume", "progress", "name", "output_dir", "run_dir", "data.root", "device", "train.compile",
-                  "train.compile_mode")
+                  "train.compile_mode", "train.trackers", "train.tracker_artifacts")  # where a run is also logged
 #: Keys ``--allow-changes`` may name: changing them continues the same run (recorded in ``history.jsonl``).
 #: ``data.batch_size``: the per-process batch of a job resumed with another number of processes (the
 #: loader's state still refuses a position that is not a whole number of the new global batches).

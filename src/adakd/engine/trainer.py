@@ -32,8 +32,8 @@ from ..runtime.phase_clock import PhaseClock, startup_seconds
 from ..runtime.seeding import rng_state, set_rng_state
 from ..runtime.signals import StopFlag
 from ..strategies import Phase
-from . import nonfinite, ranks, resume
-from .accumulator import EpochAccumulator, accumulator_state, reduce_accumulator
+from . import nonfinite, ranks, resume, trackers
+from .accumulator import EpochAccumulator, accumulator_state, describe_epoch, reduce_accumulator
 from .callbacks import Callback, CallbackList, TensorBoardWriter
 from .checkpoint import load_weights, save_checkpoint
 from .components import build_phase_optimizer, check_names_and_options
@@ -97,7 +97,7 @@ class Trainer:
         self.allow_changes = tuple(allow_changes)
         self.parts: RunParts | None = None  # setup()
         self.totals = RunTotals()
-        self.callbacks = CallbackList()  # setup(): the config's own (TensorBoard), then these
+        self.callbacks = CallbackList()  # setup(): the config's own (TensorBoard), these, the trackers
         self._user_callbacks = list(callbacks)
         self._print = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self._logger: Logger | None = None  # the run directory's train.log, once there is one
@@ -290,12 +290,7 @@ class Trainer:
         self.callbacks.on_epoch_end(self, record)
         self.run_dir.append_metrics(record)
         self._save(self.run_dir.last_checkpoint, self._state(index, epoch + 1, step, opt.optimizer, None, 0))
-        msg = f"[{phase.name} {epoch + 1}/{phase.epochs}] loss {record.get('loss', float('nan')):.4f}"
-        if "train_top1" in record:
-            msg += f" train {record['train_top1']:.2f}%"
-        if "test_top1" in record:
-            msg += f" test {record['test_top1']:.2f}% (top-5 {record['test_top5']:.2f}%)"
-        self._log(msg)
+        self._log(f"[{phase.name} {epoch + 1}/{phase.epochs}] {describe_epoch(record)}")
 
     def finish(self, final: bool) -> dict[str, Any]:
         parts, totals = self.parts, self.totals
@@ -359,6 +354,8 @@ class Trainer:
         dist = ddp.init_distributed(resolve_device(cfg.device)) if self._distributed else ddp.SINGLE
         if not dist.is_main:  # only rank 0 prints and writes
             self._print = lambda msg: None
+        own_trackers = trackers.build_trackers(cfg, dist.is_main)  # checked now, before anything is written; last
+        # among the callbacks, so they record each epoch as every other callback completed it
         # resume: auto (and torchrun restarts): rank 0 decides from the run directory, every rank follows
         self.cfg = cfg = ddp.run_on_main(lambda: resume.resolve_auto_resume(cfg, self.allow_changes, self._print))
         path = ddp.run_on_main(lambda: self._claim_run_dir(cfg))
@@ -366,7 +363,7 @@ class Trainer:
         self._logger = run_dir.logger()
         self.parts = build_parts(cfg, dist, run_dir, self._log, self._train_recipe, self.clock)
         own = [TensorBoardWriter()] if cfg.train.tensorboard else []
-        self.callbacks = CallbackList([*own, *self._user_callbacks], is_main=dist.is_main)
+        self.callbacks = CallbackList([*own, *self._user_callbacks, *own_trackers], is_main=dist.is_main)
         self.callbacks.on_setup(self)
         return self.parts
 

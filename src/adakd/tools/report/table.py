@@ -286,7 +286,12 @@ def to_csv(rows: list[Row]) -> str:
 def build_report(target: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
                  ) -> tuple[str, list[Path]]:
     """Write ``results.md`` and ``results.csv`` for the runs of ``target`` (a sweep file or a folder)
-    into ``out`` (default: the sweep's output_dir parent, or the folder itself); return (markdown, files)."""
+    into ``out`` (default: the sweep's output_dir parent, or the folder itself); return (markdown, files).
+    An ``adakd tune`` study folder gets its own report (:mod:`adakd.tools.tune.report`)."""
+    from ..tune.report import build_study_report, is_tune_study
+
+    if is_tune_study(target):
+        return build_study_report(target, out)
     root = runs_root(target)
     records, unfinished = collect(root)
     if not records:
