@@ -38,7 +38,9 @@ class DataConfig(BaseModel):
 
     ``pipeline``: ``device`` (decoded once, held on the training device), ``stream`` (decoded each
     epoch by ``num_workers`` worker processes, None = min(8, CPU count)) or ``auto`` (device when
-    the decoded splits fit ``memory_budget``; see :mod:`adakd.data.pipeline`). ``recipe``: the
+    the decoded splits fit ``memory_budget``; see :mod:`adakd.data.pipeline`). ``global_batch_size``: the
+    batch of one step over all the processes of a torchrun job; each process takes ``global_batch_size / W``
+    (:meth:`per_process_batch`) and ``batch_size`` is not read. ``recipe``: the
     augmentation, ``pad_crop_flip`` or ``imagenet`` (None = the dataset's). ``bad_images``: a file
     that does not decode stops the run naming it (``error``) or is left out and counted (``skip``).
     """
@@ -48,7 +50,12 @@ class DataConfig(BaseModel):
     name: str
     root: str | None = None
     download: bool = False
+    #: The batch of one process (the global batch of W processes is W x batch_size).
     batch_size: int = Field(128, gt=0)
+    #: The batch of one step over all processes; when set, each process takes global_batch_size / W and
+    #: batch_size is not read: a job resumed with another number of processes keeps its batch, its lr
+    #: (never rescaled) and its sample order.
+    global_batch_size: int | None = Field(None, gt=0)
     eval_batch_size: int = Field(512, gt=0)
     val_fraction: float = Field(0.0, ge=0.0, le=0.5)
     train_subset: int | float | None = None
@@ -86,6 +93,19 @@ class DataConfig(BaseModel):
                 raise ValueError(f"train_subset={value}: a fraction must be in (0, 1] (or give a count >= 1)")
             return value
         raise ValueError("train_subset must be a count (int) or a fraction (float in (0, 1])")
+
+    def per_process_batch(self, world_size: int) -> int:
+        """The batch of one process of ``world_size``: ``global_batch_size / world_size`` when the global
+        batch is set (a ConfigError naming the fix when it does not divide), else ``batch_size``."""
+        if self.global_batch_size is None:
+            return self.batch_size
+        if self.global_batch_size % world_size:
+            lower = self.global_batch_size - self.global_batch_size % world_size
+            raise ConfigError(
+                f"data.global_batch_size={self.global_batch_size} does not divide over {world_size} processes: "
+                f"choose a multiple of {world_size} (e.g. {lower or world_size} or {lower + world_size}), or run "
+                "with a number of processes that divides it.")
+        return self.global_batch_size // world_size
 
 
 class ModelConfig(_Strict):

@@ -370,7 +370,7 @@ class Trainer:
         ocfg = self.cfg.train.optimizer
         lr = ocfg.lr
         if ocfg.lr_reference_batch:
-            lr *= self.cfg.data.batch_size * self.dist.world_size / ocfg.lr_reference_batch  # global batch
+            lr *= self.data.train.batch_size * self.dist.world_size / ocfg.lr_reference_batch  # global batch
         optimizer = build_phase_optimizer(phase, ocfg, lr, self.device)
         if phase.forward is not None and self.dist.active:  # one DDP per phase, for its duration (see _run_phase)
             phase.forward.wrap(lambda module, unused: ddp.wrap_ddp(module, self.device, unused))
