@@ -180,9 +180,11 @@ class TrainConfig(_Strict):
     epochs: int = Field(240, gt=0, strict=True)  # strict: `epochs: true` is not 1 epoch
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    #: "bf16" = bfloat16 autocast; "auto" = the fastest of fp32/bf16 x NCHW/channels_last, timed on the run's
-    #: own models first (engine/probe.py; cached per machine and setup; $ADAKD_PRECISION skips the timing).
-    precision: Literal["fp32", "bf16", "auto"] = "auto"
+    #: "bf16" = bfloat16 autocast; "fp16" = float16 autocast with a gradient scaler (torch.amp.GradScaler:
+    #: its skipped steps count as skipped_steps; not for SAKD/ABL); "auto" = the fastest of fp32/bf16 (and fp16 on
+    #: CUDA) x NCHW/channels_last, timed on the run's own models first (engine/probe.py; cached per machine and
+    #: setup; $ADAKD_PRECISION skips the timing).
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"
     #: channels_last memory format for models and batches; "auto" = timed with the precision (see above).
     channels_last: bool | Literal["auto"] = "auto"
     #: torch.compile the student's and teacher's forward_features (opt-in: compiling takes minutes on a CPU).

@@ -27,6 +27,7 @@ from ..models import build_model
 from ..models.contract import ContractModel
 from ..options import check_options
 from ..registry import DATASETS, DISTILLERS, MODELS, STRATEGIES
+from ..runtime.device import new_grad_scaler
 from ..strategies import Phase, Strategy, StrategyContext
 from .checkpoint import load_checkpoint, load_weights
 from .fast import prefer_fused
@@ -89,7 +90,8 @@ def build_components(spec: ComponentSpec, student: ContractModel, teacher: Contr
         student=student, teacher=teacher, distiller=distiller, ce_weight=spec.ce_weight, device=device,
         precision=precision, num_classes=num_classes, options=dict(spec.strategy_options),
         skip_nonfinite=skip_nonfinite, epochs=spec.epochs, val_loader=val_loader, test_loader=test_loader,
-        run_dir=run_dir, steps_per_epoch=steps_per_epoch, seed=spec.seed))
+        run_dir=run_dir, steps_per_epoch=steps_per_epoch, seed=spec.seed,
+        grad_scaler=new_grad_scaler(device, precision)))
     return Components(student, teacher, distiller, strategy, strategy.phases())
 
 

@@ -58,7 +58,7 @@ class RunTotals:
     best: dict[str, Any] = field(default_factory=lambda: {"top1": -1.0, "epoch": 0})
     train_seconds: float = 0.0
     train_samples: int = 0
-    skipped_steps: int = 0  # steps skipped for a NaN/inf (train.on_nonfinite=skip)
+    skipped_steps: int = 0  # steps skipped for a NaN/inf (train.on_nonfinite=skip; fp16: the loss scale's overflows)
 
 
 @dataclass
@@ -201,7 +201,8 @@ class Trainer:
         t0 = time.perf_counter()
         samples0 = acc.samples
         skip = cfg.train.on_nonfinite == "skip"
-        bn_stats = nonfinite.batchnorm_stats([phase.model, *phase.modules]) if skip else []
+        scaled = self._scaler is not None  # fp16: the loss scaler skips the steps its scale S overflows
+        bn_stats = nonfinite.batchnorm_stats([phase.model, *phase.modules]) if skip or scaled else []
         for i, batch in enumerate(self.data.train, start=position):
             if i >= spe:
                 break
@@ -211,7 +212,10 @@ class Trainer:
             saved_bn = [t.clone() for t in bn_stats]
             terms = phase.step(batch, ctx, opt.optimizer)
             grad_skipped, bad_grad = opt.guard.take()
-            if skip and (grad_skipped or not ddp.all_finite(terms["loss"])):
+            stepped = opt.guard.take_stepped()
+            if scaled and (grad_skipped or not stepped):  # fp16: the scaler skipped the step
+                grad_skipped = skip or ddp.all_finite(terms["loss"])  # an overflow; a NaN/inf loss stays an error
+            if grad_skipped or (skip and not ddp.all_finite(terms["loss"])):
                 totals.skipped_steps += 1  # the strategy did not step; keep the epoch's means clean
                 for t, saved in zip(bn_stats, saved_bn):  # nor do the forward's BatchNorm statistics count
                     t.copy_(saved)
@@ -380,7 +384,14 @@ class Trainer:
         if phase.schedule == "constant":
             sched_cfg = sched_cfg.model_copy(update={"name": "constant", "warmup_epochs": 0.0})
         schedule = StepSchedule(optimizer, sched_cfg, phase.epochs, self.steps_per_epoch)
-        return PhaseOptimizer(optimizer, schedule, GradGuard(optimizer, skip=self.cfg.train.on_nonfinite == "skip"))
+        # fp16: a fused optimiser's step is called with the scaler's inf/NaN gradients; the guard skips it
+        skip = self.cfg.train.on_nonfinite == "skip" or self._scaler is not None
+        return PhaseOptimizer(optimizer, schedule, GradGuard(optimizer, skip=skip))
+
+    @property
+    def _scaler(self) -> torch.amp.GradScaler | None:
+        """fp16's loss scaler (the strategy's steps use it), None in other precisions."""
+        return self.strategy.ctx.grad_scaler
 
     def _global_epoch(self, phase_index: int, epoch: int) -> int:
         return sum(p.epochs for p in self.phases[:phase_index]) + epoch
@@ -428,6 +439,7 @@ class Trainer:
             "loader": self.data.train.state_dict(),
             "rng": rng_state(),
             "accumulator": accumulator_state(acc),
+            "grad_scaler": None if self._scaler is None else self._scaler.state_dict(),  # fp16's loss scale
             "best": self.totals.best,
             "train_seconds": self.totals.train_seconds,
             "train_samples": self.totals.train_samples,
@@ -449,6 +461,8 @@ class Trainer:
         if self.distiller is not None and state["distiller"] is not None:
             self.distiller.load_state_dict(state["distiller"])
         self.strategy.load_state_dict(state["strategy"])
+        if self._scaler is not None and state.get("grad_scaler") is not None:
+            self._scaler.load_state_dict(state["grad_scaler"])
         self.totals.best = state["best"]
         self.totals.train_seconds = state["train_seconds"]
         self.totals.train_samples = state["train_samples"]
