@@ -84,17 +84,20 @@ def test_kill_a_random_rank_at_ten_random_moments(tmp_path, fmnist_root, referen
     proc = launch(config(fmnist_root, run_dir), restarts=KILLS)
     last = run_dir / "checkpoints" / "last.pt"
     kills: list[tuple[int, int]] = []  # (checkpoint step when killed, index of the killed worker)
-    killed_at = 0.0
+    killed: set[int] = set()  # the workers of the attempt killed last
+    started = 0.0  # when the current attempt's workers were first seen
     deadline = time.time() + 1200
     while len(kills) < KILLS and time.time() < deadline and proc.poll() is None:
-        saved = saved_step(last)
         pids = workers(proc.pid)
-        # a checkpoint written since the last kill (by the resumed workers), at or past the next moment
-        if saved is not None and saved[0] >= moments[len(kills)] and saved[1] > killed_at and len(pids) == RANKS:
+        if len(pids) == RANKS and not killed & set(pids) and started == 0.0:
+            started = time.time()  # the restarted attempt is up
+        saved = saved_step(last) if started else None
+        # a checkpoint written by this attempt (so it resumed and trained), at or past the next moment
+        if saved is not None and saved[0] >= moments[len(kills)] and saved[1] > started:
             victim = rng.randrange(RANKS)
             os.kill(sorted(pids)[victim], signal.SIGKILL)
-            killed_at = time.time()
             kills.append((saved[0], victim))
+            killed, started = set(pids), 0.0
         time.sleep(0.02)
     out = finish(proc, tmp_path / "torchrun.log", timeout=max(deadline - time.time(), 60))
     print(f"kills (checkpoint step, worker) {kills}")

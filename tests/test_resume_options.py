@@ -82,6 +82,11 @@ def test_a_changed_default_is_refused_on_resume_and_allowed_when_named(tmp_path,
     # the option set in the config keeps the run's value: then nothing differs, nothing to allow
     pinned = {**longer, "strategy": {"name": "sakd", "options": {"init_bias": 0.0, "temperature": 2.0}}}
     assert run(pinned)["epochs"] == 2
+    # a loss left out is no changed default: never allowed
+    fewer = {**longer, "losses": {"kd": {}}}
+    with pytest.raises(ConfigError, match=r"losses.kd.temperature: None -> 4.0") as refused:
+        run(fewer, allow_changes=("losses.at.weight",))
+    assert "pass --allow-changes" not in str(refused.value)
     # an option the config itself changes is no changed default: never allowed
     other = {**longer, "strategy": {"name": "sakd", "options": {"init_bias": 0.0, "temperature": 3.0}}}
     with pytest.raises(ConfigError, match="only train.epochs"):

@@ -105,11 +105,24 @@ def stored_comparable(run_dir: RunDir) -> dict[str, Any]:
         return stored
 
 
-def changed_defaults(cfg: RunConfig, changes: dict[str, Any]) -> list[str]:
-    """The keys of ``changes`` that are strategy / distiller options ``cfg`` leaves to their defaults."""
+def _option_keys(config: dict[str, Any]) -> set[str]:
+    """The dotted keys of the strategy's and distillers' options of a comparable config."""
+    strategy = config.get("strategy") if isinstance(config.get("strategy"), dict) else {}
+    losses = config.get("losses") if isinstance(config.get("losses"), dict) else {}
+    keys = {f"strategy.options.{k}" for k in (strategy.get("options") or {})}
+    return keys | {f"losses.{n}.{k}" for n, opts in losses.items() if isinstance(opts, dict) for k in opts}
+
+
+def changed_defaults(cfg: RunConfig, stored: dict[str, Any], new: dict[str, Any],
+                     changes: dict[str, Any]) -> list[str]:
+    """The keys of ``changes`` that are options of the same strategy / distiller on both sides which ``cfg``
+    leaves to their defaults: what a changed default of the code made differ."""
+    if "strategy.name" in changes:
+        return []
     given = {f"strategy.options.{k}" for k in cfg.strategy.options}
     given |= {f"losses.{n}.{k}" for n, opts in cfg.losses.items() for k in (opts or {})}
-    return [k for k in changes if k.startswith(("strategy.options.", "losses.")) and k not in given]
+    both = _option_keys(stored) & _option_keys(new)
+    return [k for k in changes if k in both and k not in given]
 
 
 def resume_changes(cfg: RunConfig, run_dir: RunDir, allow_changes: tuple[str, ...]) -> dict[str, tuple[Any, Any]]:
@@ -119,8 +132,9 @@ def resume_changes(cfg: RunConfig, run_dir: RunDir, allow_changes: tuple[str, ..
         stored = stored_comparable(run_dir)
     except AdakdError as exc:
         raise AdakdError(f"cannot resume {run_dir.path}: its config.yaml is unreadable ({exc}).") from None
-    changes = config_changes(stored, comparable(cfg))
-    defaults = changed_defaults(cfg, changes)
+    new = comparable(cfg)
+    changes = config_changes(stored, new)
+    defaults = changed_defaults(cfg, stored, new, changes)
     allowed = (*ALLOWED_CHANGES, *defaults)
     refused = {k: v for k, v in changes.items() if k not in allow_changes}
     if refused:
