@@ -30,15 +30,16 @@ def fmnist_root() -> Path:
 
 
 #: ``--precision`` values: what ``precision: auto`` resolves to in every test (``probe``: measured).
-TEST_PRECISIONS = ("fp32", "bf16", "probe")
+TEST_PRECISIONS = ("fp32", "bf16", "fp16", "probe")
 
 
 def pytest_addoption(parser):
     parser.addoption(
         "--precision", choices=TEST_PRECISIONS, default=os.environ.get("ADAKD_TEST_PRECISION", "fp32"),
         help="what `precision: auto` resolves to in the tests (sets ADAKD_PRECISION): fp32 (default, the same "
-             "numerics on every CPU), bf16 (bf16 autocast everywhere, AMX or not), probe (the fast-path probe "
-             "decides, as for a user). Also from $ADAKD_TEST_PRECISION. Tests that name a precision keep it.")
+             "numerics on every CPU), bf16 (bf16 autocast everywhere, AMX or not), fp16 (fp16 autocast with its "
+             "loss scaler; SAKD and ABL, which refuse fp16, run fp32), probe (the fast-path probe decides, as for "
+             "a user). Also from $ADAKD_TEST_PRECISION. Tests that name a precision keep it.")
     parser.addoption(
         "--device", default=os.environ.get("ADAKD_TEST_DEVICE", "cpu"),
         help="the device of the tests that follow it (the `test_device` fixture, $ADAKD_TEST_DEVICE: "
@@ -49,6 +50,17 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     """``--device`` also as $ADAKD_TEST_DEVICE, for modules that choose their device at import."""
     os.environ["ADAKD_TEST_DEVICE"] = config.getoption("--device")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``faults4`` tests (4-process fault campaigns, minutes) run only when ``-m`` names them (CI's second
+    stage: ``pytest -m faults4``); the default run skips them, saying how to run them."""
+    if "faults4" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="4-process fault campaign: run with `python -m pytest -m faults4`")
+    for item in items:
+        if "faults4" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

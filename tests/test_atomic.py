@@ -82,3 +82,27 @@ def test_every_writer_uses_the_helper():
         "tools/teachers.py: os\\.replace\\(",      #   files, which the helper writes
     ]
     assert own == allowed, own
+
+
+def test_a_checkpoint_write_after_a_cut_one_keeps_the_previous_and_leaves_no_temporary(tmp_path, monkeypatch):
+    """last.pt's write is cut after its previous version was kept (last.prev.pt a hard link of last.pt); the
+    next write keeps the same previous and leaves no ``.last.prev.pt.<pid>.tmp`` behind (found by the
+    4-process fault test: renaming a hard link onto the same file does nothing)."""
+    import adakd.engine.checkpoint as checkpoint
+
+    last = tmp_path / "last.pt"
+    checkpoint.save_checkpoint(last, {"version": 1})
+    checkpoint.save_checkpoint(last, {"version": 2}, keep_previous=True)
+
+    def cut(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", cut)
+    with pytest.raises(checkpoint.CheckpointError):
+        checkpoint.save_checkpoint(last, {"version": 3}, keep_previous=True)
+    monkeypatch.undo()
+    assert checkpoint.load_checkpoint(checkpoint.previous_path(last))["version"] == 2  # a link of last.pt now
+    checkpoint.save_checkpoint(last, {"version": 4}, keep_previous=True)
+    assert checkpoint.load_checkpoint(last)["version"] == 4
+    assert checkpoint.load_checkpoint(checkpoint.previous_path(last))["version"] == 2
+    assert {p.name for p in tmp_path.iterdir()} == {"last.pt", "last.prev.pt"}

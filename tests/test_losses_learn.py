@@ -7,8 +7,9 @@ batch 32 through the real strategy step (``StandardStrategy`` phases: connector 
 FT/AB/FSP); the mean distillation loss of the last WINDOW steps must be below that of the first WINDOW.
 Warm-ups are switched off so that the loss scale does not change during the run.
 
-Every distiller runs twice, in fp32 and under bf16 autocast, named explicitly (not through
-``precision: auto``), so the suite exercises both numerics on any CPU, with or without AMX.
+Every distiller runs three times, in fp32, under bf16 autocast and under fp16 autocast with its loss scaler
+(torch.amp.GradScaler: the steps it skips for an overflow are not the distiller's), named explicitly (not
+through ``precision: auto``), so the suite exercises every numerics on any CPU, with or without AMX.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from adakd.losses.base import DistillContext
 from adakd.losses.build import build_distiller
 from adakd.models import build_model
 from adakd.registry import DISTILLERS, STRATEGIES
+from adakd.runtime.device import new_grad_scaler
 from adakd.strategies import StrategyContext
 
 WIDTHS = [8, 16, 32]
@@ -63,7 +65,7 @@ def data(fmnist_root):
 def strategy_for(student, teacher, distiller, data, precision="fp32"):
     return STRATEGIES.build("standard", StrategyContext(
         student=student, teacher=teacher, distiller=distiller, ce_weight=1.0, device=DEVICE, precision=precision,
-        num_classes=10, epochs=1, steps_per_epoch=len(data.train)))
+        num_classes=10, epochs=1, steps_per_epoch=len(data.train), grad_scaler=new_grad_scaler(DEVICE, precision)))
 
 
 def batches(loader, steps: int):
@@ -117,7 +119,7 @@ CASES = [pytest.param(n, {}, id=n, )
 CASES.append(pytest.param("aekt", {"serialize": False}, id="aekt-noserialize"))
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("name,extra", CASES)
 def test_distiller_learns_on_fashion_mnist(name, extra, precision, data, teacher):
     torch.manual_seed(1)

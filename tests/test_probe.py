@@ -133,7 +133,7 @@ def test_environment_override_skips_the_probe_and_config_values_win(monkeypatch)
     assert (got.precision, got.channels_last, timer.calls) == ("bf16", True, 1)
 
 
-@pytest.mark.parametrize("name, value", [(timing.PRECISION_ENV, "fp16"), (timing.CHANNELS_LAST_ENV, "yes")])
+@pytest.mark.parametrize("name, value", [(timing.PRECISION_ENV, "fp8"), (timing.CHANNELS_LAST_ENV, "yes")])
 def test_a_bad_override_is_one_clear_error(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=name):

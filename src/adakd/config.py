@@ -38,7 +38,9 @@ class DataConfig(BaseModel):
 
     ``pipeline``: ``device`` (decoded once, held on the training device), ``stream`` (decoded each
     epoch by ``num_workers`` worker processes, None = min(8, CPU count)) or ``auto`` (device when
-    the decoded splits fit ``memory_budget``; see :mod:`adakd.data.pipeline`). ``recipe``: the
+    the decoded splits fit ``memory_budget``; see :mod:`adakd.data.pipeline`). ``global_batch_size``: the
+    batch of one step over all the processes of a torchrun job; each process takes ``global_batch_size / W``
+    (:meth:`per_process_batch`) and ``batch_size`` is not read. ``recipe``: the
     augmentation, ``pad_crop_flip`` or ``imagenet`` (None = the dataset's). ``bad_images``: a file
     that does not decode stops the run naming it (``error``) or is left out and counted (``skip``).
     """
@@ -48,7 +50,12 @@ class DataConfig(BaseModel):
     name: str
     root: str | None = None
     download: bool = False
+    #: The batch of one process (the global batch of W processes is W x batch_size).
     batch_size: int = Field(128, gt=0)
+    #: The batch of one step over all processes; when set, each process takes global_batch_size / W and
+    #: batch_size is not read: a job resumed with another number of processes keeps its batch, its lr
+    #: (never rescaled) and its sample order.
+    global_batch_size: int | None = Field(None, gt=0)
     eval_batch_size: int = Field(512, gt=0)
     val_fraction: float = Field(0.0, ge=0.0, le=0.5)
     train_subset: int | float | None = None
@@ -86,6 +93,19 @@ class DataConfig(BaseModel):
                 raise ValueError(f"train_subset={value}: a fraction must be in (0, 1] (or give a count >= 1)")
             return value
         raise ValueError("train_subset must be a count (int) or a fraction (float in (0, 1])")
+
+    def per_process_batch(self, world_size: int) -> int:
+        """The batch of one process of ``world_size``: ``global_batch_size / world_size`` when the global
+        batch is set (a ConfigError naming the fix when it does not divide), else ``batch_size``."""
+        if self.global_batch_size is None:
+            return self.batch_size
+        if self.global_batch_size % world_size:
+            lower = self.global_batch_size - self.global_batch_size % world_size
+            raise ConfigError(
+                f"data.global_batch_size={self.global_batch_size} does not divide over {world_size} processes: "
+                f"choose a multiple of {world_size} (e.g. {lower or world_size} or {lower + world_size}), or run "
+                "with a number of processes that divides it.")
+        return self.global_batch_size // world_size
 
 
 class ModelConfig(_Strict):
@@ -173,9 +193,11 @@ class TrainConfig(_Strict):
     epochs: int = Field(240, gt=0, strict=True)  # strict: `epochs: true` is not 1 epoch
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    #: "bf16" = bfloat16 autocast; "auto" = the fastest of fp32/bf16 x NCHW/channels_last, timed on the run's
-    #: own models first (engine/probe.py; cached per machine and setup; $ADAKD_PRECISION skips the timing).
-    precision: Literal["fp32", "bf16", "auto"] = "auto"
+    #: "bf16" = bfloat16 autocast; "fp16" = float16 autocast with a gradient scaler (torch.amp.GradScaler:
+    #: its skipped steps count as skipped_steps; not for SAKD/ABL); "auto" = the fastest of fp32/bf16 (and fp16 on
+    #: CUDA) x NCHW/channels_last, timed on the run's own models first (engine/probe.py; cached per machine and
+    #: setup; $ADAKD_PRECISION skips the timing).
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"
     #: channels_last memory format for models and batches; "auto" = timed with the precision (see above).
     channels_last: bool | Literal["auto"] = "auto"
     #: torch.compile the student's and teacher's forward_features (opt-in: compiling takes minutes on a CPU).
@@ -265,6 +287,12 @@ class RunConfig(_Strict):
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path(self.output_dir) / self.name
+
+    def scratch(self, run_dir: Path) -> "RunConfig":
+        """``compare_scratch``'s baseline: the same student and recipe without a teacher, in ``run_dir``."""
+        return self.model_copy(update={
+            "teacher": None, "losses": {}, "strategy": self.strategy.model_copy(update={"name": "standard", "options": {}}),
+            "ce_weight": 1.0, "compare_scratch": False, "run_dir": str(run_dir), "name": f"{self.name}-scratch"})
 
 
 # --------------------------------------------------------------------------- loading

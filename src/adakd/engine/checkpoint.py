@@ -85,6 +85,10 @@ def previous_path(path: Path) -> Path:
 def _keep_previous(path: Path) -> None:
     """Atomically make ``previous_path(path)`` a copy of ``path`` (a hard link where the filesystem allows)."""
     prev = previous_path(path)
+    if prev.exists() and os.path.samefile(path, prev):
+        # already its copy: the write after the last keep was cut short (a rename of a hard link onto the same
+        # file does nothing, and would leave the temporary link behind)
+        return
     tmp = prev.with_name(f".{prev.name}.{os.getpid()}.tmp")
     try:
         os.link(path, tmp)

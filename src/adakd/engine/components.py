@@ -25,7 +25,9 @@ from ..losses.base import DistillContext, Distiller
 from ..losses.build import build_distiller, check_loss_options
 from ..models import build_model
 from ..models.contract import ContractModel
-from ..registry import DATASETS, MODELS, STRATEGIES
+from ..options import check_options
+from ..registry import DATASETS, DISTILLERS, MODELS, STRATEGIES
+from ..runtime.device import new_grad_scaler
 from ..strategies import Phase, Strategy, StrategyContext
 from .checkpoint import load_checkpoint, load_model_weights, load_weights
 from .fast import prefer_fused
@@ -89,7 +91,8 @@ def build_components(spec: ComponentSpec, student: ContractModel, teacher: Contr
         student=student, teacher=teacher, distiller=distiller, ce_weight=spec.ce_weight, device=device,
         precision=precision, num_classes=num_classes, options=dict(spec.strategy_options),
         skip_nonfinite=skip_nonfinite, epochs=spec.epochs, val_loader=val_loader, test_loader=test_loader,
-        run_dir=run_dir, steps_per_epoch=steps_per_epoch, seed=spec.seed))
+        run_dir=run_dir, steps_per_epoch=steps_per_epoch, seed=spec.seed,
+        grad_scaler=new_grad_scaler(device, precision)))
     return Components(student, teacher, distiller, strategy, strategy.phases())
 
 
@@ -136,6 +139,34 @@ def published_teacher_weights(cfg: RunConfig, teacher: nn.Module | None) -> str 
     if path is not None:
         load_model_weights(teacher, path, cfg.teacher.format, f"published teacher {path}")
     return lines[0]
+
+
+def _dumped(model: Any) -> dict[str, Any]:
+    """An options model as plain data (YAML-safe); an option of an arbitrary type as its repr."""
+    try:
+        return model.model_dump(mode="json")
+    except Exception:  # an arbitrary type pydantic cannot serialise
+        return {k: v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else repr(v)
+                for k, v in model.model_dump().items()}
+
+
+def resolved_options(cfg: RunConfig) -> dict[str, Any]:
+    """Every option of the strategy and of each distiller as this code resolves it, defaults included:
+    ``{"strategy": {"name", "options"}, "losses": {name: options}}`` (a loss's ``weight: None`` is its
+    ``default_weight``). Written beside a run's config (``resolved.yaml``), so that a default changed
+    between a run's start and its resume is a difference :mod:`.resume` lists."""
+    strategy = STRATEGIES.get(cfg.strategy.name).factory
+    options = strategy.check_options(cfg.strategy.options) if hasattr(strategy, "check_options") else None
+    losses: dict[str, Any] = {}
+    for name, given in cfg.losses.items():
+        cls = DISTILLERS.get(name).factory
+        resolved = _dumped(check_options(cls.options_model(), dict(given or {}), f"losses.{name}"))
+        if "weight" in resolved and resolved["weight"] is None and hasattr(cls, "default_weight"):
+            resolved["weight"] = float(cls.default_weight)
+        losses[name] = resolved
+    return {"strategy": {"name": cfg.strategy.name,
+                         "options": dict(cfg.strategy.options) if options is None else _dumped(options)},
+            "losses": losses}
 
 
 def check_config(cfg: RunConfig, data: bool = True) -> dict[str, Any]:
@@ -220,5 +251,5 @@ def load_student(path: str | Path) -> tuple[ContractModel, dict[str, Any]]:
 
 
 __all__ = ["ComponentSpec", "Components", "spec_of", "build_student", "build_components", "build_phase_optimizer",
-           "synthetic_batch", "check_names_and_options", "check_config", "STUDENT_CHECKPOINTS",
+           "synthetic_batch", "check_names_and_options", "resolved_options", "check_config", "STUDENT_CHECKPOINTS",
            "resolve_checkpoint", "load_student"]

@@ -1,7 +1,10 @@
 """The non-finite guard: a NaN/inf loss, gradient, parameter or buffer stops the run (``train.on_nonfinite:
 error``) before anything reached through it is saved, or the step is skipped (``skip``).
 
-* gradients: :class:`GradGuard` wraps the phase optimiser's ``step`` (largest |g| checked first);
+* gradients: :class:`GradGuard` wraps the phase optimiser's ``step`` (largest |g| checked first); in fp16 the
+  loss scaler skips a step with an inf/NaN gradient (an overflow of its scale S, which it halves) and the guard
+  notes that no step ran: the trainer counts it as a skipped step whatever ``on_nonfinite`` says (a NaN/inf
+  *loss* is still an error under ``error``);
 * the loss: :class:`~adakd.engine.accumulator.EpochAccumulator` marks the first bad step on the device, read
   by :func:`check_steps` every 50 steps, before a checkpoint and at the epoch's end (one host sync each);
 * the state: :func:`check_state` before every checkpoint and evaluation (every parameter and buffer finite).
@@ -33,10 +36,12 @@ class GradGuard:
     def __init__(self, optimizer: torch.optim.Optimizer, skip: bool) -> None:
         self.skip = skip
         self.skipped = False
+        self.stepped = False  # whether step was called at all since the last take (fp16's scaler may not)
         self.bad: Tensor | None = None
         step = optimizer.step
 
         def guarded_step(*args: Any, **kwargs: Any) -> Any:
+            self.stepped = True
             grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
             if grads:
                 largest = torch.nn.utils.get_total_norm(grads, norm_type=float("inf"), foreach=True)
@@ -56,6 +61,11 @@ class GradGuard:
         """(skipped, bad flag) since the last call; resets both."""
         out = (self.skipped, self.bad)
         self.skipped, self.bad = False, None
+        return out
+
+    def take_stepped(self) -> bool:
+        """Whether step was called since the last call; resets it."""
+        out, self.stepped = self.stepped, False
         return out
 
 
@@ -113,3 +123,13 @@ def check_state(modules: list[nn.Module], phase: str, epoch: int, step: int, adv
     raise NonFiniteLoss(
         f"the model became NaN/inf by step {step} (phase {phase}, epoch {epoch + 1}): {len(names)} "
         f"parameters/buffers (e.g. {', '.join(names[:3])}); nothing was saved from this state. {advice()}")
+
+
+def step_was_skipped(grad_skipped: bool, stepped: bool, loss: Tensor, skip: bool, scaled: bool) -> bool:
+    """Whether a step's update did not happen and must not count (nor its BatchNorm statistics):
+    ``on_nonfinite: skip``'s NaN/inf (a gradient the guard refused, or a non-finite loss on any rank), or,
+    with fp16's loss scaler (``scaled``), a step the scaler skipped for an overflowing gradient. Under
+    ``on_nonfinite: error`` a NaN/inf *loss* stays the guard's error, so each step has one decision."""
+    if scaled and (grad_skipped or not stepped):
+        grad_skipped = skip or ddp.all_finite(loss)
+    return grad_skipped or (skip and not ddp.all_finite(loss))

@@ -74,6 +74,10 @@ def build_parts(cfg: RunConfig, dist: ddp.DistInfo, run_dir: RunDir, log: Callab
     clock = clock or PhaseClock()
     seed_everything(cfg.seed, cfg.train.deterministic)
     device = ddp.rank_device(resolve_device(cfg.device), dist)
+    if cfg.data.global_batch_size is not None:  # this process's share of the global batch, from here on
+        batch = cfg.data.per_process_batch(dist.world_size)
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"batch_size": batch})})
+        log(f"global batch {cfg.data.global_batch_size} = {dist.world_size} process(es) x {batch}")
     data = build_data(cfg.data, device, seed=cfg.seed, rank=dist.rank,
                       world_size=dist.world_size, log=log)  # memory format set below, once chosen
     steps = steps_per_epoch(cfg, data)

@@ -94,6 +94,13 @@ def run_key(cfg: Any, device: torch.device, image_shape: tuple[int, int, int]) -
     return key
 
 
+def strategy_supports_fp16(name: str) -> bool:
+    """Whether strategy ``name`` scales its steps for fp16 (``Strategy.supports_fp16``)."""
+    from ..registry import STRATEGIES
+
+    return bool(getattr(STRATEGIES.get(name).factory, "supports_fp16", False))
+
+
 def resolve_run_fast_path(cfg: Any, device: torch.device, student: torch.nn.Module,
                           teacher: torch.nn.Module | None, data: Any, steps_per_epoch: int,
                           timer: Timer | None = None) -> FastPath:
@@ -109,5 +116,5 @@ def resolve_run_fast_path(cfg: Any, device: torch.device, student: torch.nn.Modu
         timer = lambda options: time_steps(build, options)  # noqa: E731
     with ddp.local_only():  # the other ranks wait for rank 0's answer
         return resolve_fast_path(cfg.train.precision, cfg.train.channels_last, device, timer,
-                                 run_key(cfg, device, shape))
+                                 run_key(cfg, device, shape), fp16=strategy_supports_fp16(cfg.strategy.name))
 

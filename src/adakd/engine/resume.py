@@ -4,7 +4,10 @@
   (an explicit ``run_dir`` is never written over: an error says to pass ``--resume`` or choose another);
 * ``resume: true`` (``--resume``): continue ``run_dir`` from ``last.pt`` (``last.prev.pt`` if that is
   damaged); its ``config.yaml`` must equal this config up to :data:`RESUME_IGNORED` and the keys of
-  ``--allow-changes`` (only :data:`ALLOWED_CHANGES`; each change recorded in ``history.jsonl``);
+  ``--allow-changes`` (only :data:`ALLOWED_CHANGES`; each change recorded in ``history.jsonl``). The
+  strategy's and the distillers' options compare as resolved (``resolved.yaml``, defaults included): a
+  default changed in the code since the run started is a listed difference, which ``--allow-changes``
+  may name (a run directory written before ``resolved.yaml`` existed compares them with today's defaults);
 * ``resume: auto``, and every restart of torchrun's agent (``TORCHELASTIC_RESTART_COUNT`` > 0): continue the
   newest matching run that holds a checkpoint, else start a new one (:func:`resolve_auto_resume`).
 
@@ -22,9 +25,12 @@ from logging import Logger
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
+
 from ..config import RunConfig, load_raw, validate
 from ..errors import AdakdError, CheckpointError, ConfigError
-from .checkpoint import clean_stale_temporaries, load_checkpoint, previous_path
+from .checkpoint import atomic_write_text, clean_stale_temporaries, load_checkpoint, previous_path
+from .components import resolved_options
 from .run_dir import RunDir, RunDirLock
 
 #: Keys that may differ on ``--resume`` without making it another run (where things live, how it runs or shows).
@@ -68,31 +74,88 @@ def choose_run_dir(cfg: RunConfig) -> RunDir:
     raise AdakdError(f"too many runs named {base}; choose another name.")
 
 
-def resume_changes(cfg: RunConfig, run_dir: RunDir, allow_changes: tuple[str, ...]) -> dict[str, tuple[Any, Any]]:
-    """The allowed differences between ``cfg`` and the resumed run's own config; refuses any other."""
+def _with_resolved(config: dict[str, Any], resolved: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (a dumped config) with its strategy and losses replaced by their resolved options."""
+    return {**config, "strategy": resolved["strategy"], "losses": resolved["losses"]}
+
+
+def comparable(cfg: RunConfig) -> dict[str, Any]:
+    """``cfg`` as a resume compares it: dumped, the strategy's and distillers' options resolved."""
+    return _with_resolved(cfg.model_dump(mode="json"), resolved_options(cfg))
+
+
+def stored_comparable(run_dir: RunDir) -> dict[str, Any]:
+    """The run's own ``config.yaml`` as a resume compares it: through today's schema (a key added since the
+    run was written compares as its default), its options as ``resolved.yaml`` recorded them at the start.
+    A run directory without ``resolved.yaml`` (written before it existed) resolves them with today's
+    defaults: it resumes as it did then, blind to a changed default. Raises AdakdError if unreadable."""
+    stored = load_raw(run_dir.config_path)
     try:
-        stored = load_raw(run_dir.config_path)
+        cfg = validate(stored, str(run_dir.config_path))
+    except AdakdError:
+        return stored  # a key that no longer exists: compare the file as written (the difference is listed)
+    stored = cfg.model_dump(mode="json")
+    if run_dir.resolved_path.is_file():
+        resolved = yaml.safe_load(run_dir.resolved_path.read_text())
+        if isinstance(resolved, dict) and {"strategy", "losses"} <= set(resolved):
+            return _with_resolved(stored, resolved)
+    try:
+        return _with_resolved(stored, resolved_options(cfg))
+    except AdakdError:
+        return stored
+
+
+def _option_keys(config: dict[str, Any]) -> set[str]:
+    """The dotted keys of the strategy's and distillers' options of a comparable config."""
+    strategy = config.get("strategy") if isinstance(config.get("strategy"), dict) else {}
+    losses = config.get("losses") if isinstance(config.get("losses"), dict) else {}
+    keys = {f"strategy.options.{k}" for k in (strategy.get("options") or {})}
+    return keys | {f"losses.{n}.{k}" for n, opts in losses.items() if isinstance(opts, dict) for k in opts}
+
+
+def changed_defaults(cfg: RunConfig, stored: dict[str, Any], new: dict[str, Any],
+                     changes: dict[str, Any]) -> list[str]:
+    """The keys of ``changes`` that are options of the same strategy / distiller on both sides which ``cfg``
+    leaves to their defaults: what a changed default of the code made differ."""
+    if "strategy.name" in changes:
+        return []
+    given = {f"strategy.options.{k}" for k in cfg.strategy.options}
+    given |= {f"losses.{n}.{k}" for n, opts in cfg.losses.items() for k in (opts or {})}
+    both = _option_keys(stored) & _option_keys(new)
+    return [k for k in changes if k in both and k not in given]
+
+
+def resume_changes(cfg: RunConfig, run_dir: RunDir, allow_changes: tuple[str, ...]) -> dict[str, tuple[Any, Any]]:
+    """The allowed differences between ``cfg`` and the resumed run's own config; refuses any other.
+    Allowed: :data:`ALLOWED_CHANGES`, and an option whose default changed since the run started."""
+    try:
+        stored = stored_comparable(run_dir)
     except AdakdError as exc:
         raise AdakdError(f"cannot resume {run_dir.path}: its config.yaml is unreadable ({exc}).") from None
-    try:  # through today's schema: a key added since the run was written compares as its default
-        stored = validate(stored, str(run_dir.config_path)).model_dump(mode="json")
-    except AdakdError:
-        pass  # a key that no longer exists: compare the file as written (the difference is listed)
-    changes = config_changes(stored, cfg.model_dump(mode="json"))
+    new = comparable(cfg)
+    changes = config_changes(stored, new)
+    defaults = changed_defaults(cfg, stored, new, changes)
+    allowed = (*ALLOWED_CHANGES, *defaults)
     refused = {k: v for k, v in changes.items() if k not in allow_changes}
     if refused:
         listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in refused.items()))
-        safe = [k for k in refused if k in ALLOWED_CHANGES]
+        safe = [k for k in refused if k in allowed]
         hint = (f" To continue with {', '.join(safe)} changed, pass --allow-changes {' '.join(safe)}."
                 if safe else "")
+        moved = [k for k in refused if k in defaults]
+        if moved:
+            hint += (" The default of " + ", ".join(moved) + " changed since the run started: to keep the run's "
+                     "value, set it in the config (" + ", ".join(f"{k}={stored_value!r}" for k, (stored_value, _)
+                                                            in refused.items() if k in moved) + ").")
         raise ConfigError(
             f"--resume {run_dir.path}: this config differs from the run's own config.yaml ({listed}). A resumed "
             f"run must be the same run: resume with its config ({run_dir.config_path}), or start a new run "
-            f"(another name/run_dir).{hint} Only {', '.join(ALLOWED_CHANGES)} may change.")
-    bad = [k for k in allow_changes if k not in ALLOWED_CHANGES]
+            f"(another name/run_dir).{hint} Only {', '.join(ALLOWED_CHANGES)} (and options whose default changed) "
+            "may change.")
+    bad = [k for k in allow_changes if k not in allowed]
     if bad:
-        raise ConfigError(f"--allow-changes {' '.join(bad)}: only {', '.join(ALLOWED_CHANGES)} may change "
-                          "on resume.")
+        raise ConfigError(f"--allow-changes {' '.join(bad)}: only {', '.join(ALLOWED_CHANGES)} (and options whose "
+                          "default changed since the run started) may change on resume.")
     return changes
 
 
@@ -142,6 +205,8 @@ def claim_run_dir(cfg: RunConfig, allow_changes: tuple[str, ...], config_text: s
             log(f"removed {tmp} (a checkpoint write cut short by a kill)")
         if changes is None or changes:
             run_dir.write_config(config_text)
+        if changes is None or changes or not run_dir.resolved_path.is_file():  # an older run: from now on
+            atomic_write_text(run_dir.resolved_path, yaml.safe_dump(resolved_options(cfg), sort_keys=False))
         if changes:
             with open(run_dir.path / "history.jsonl", "a") as f:
                 f.write(json.dumps({"event": "resume", "time": round(time.time(), 3),
@@ -207,7 +272,7 @@ def resolve_auto_resume(cfg: RunConfig, allow_changes: tuple[str, ...], log: Cal
         if not has_checkpoint(rd) or not rd.config_path.is_file():
             continue
         try:
-            changes = config_changes(load_raw(rd.config_path), cfg.model_dump(mode="json"))
+            changes = config_changes(stored_comparable(rd), comparable(cfg))
         except AdakdError:
             continue
         if all(k in allow_changes for k in changes):

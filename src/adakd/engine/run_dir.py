@@ -2,6 +2,7 @@
 
     RUN_DIR/
       config.yaml          resolved config (every default spelled out)
+      resolved.yaml        the strategy's and each distiller's options as resolved, defaults included
       metrics.jsonl        one JSON line per epoch (epoch, lr, losses, accuracies, seconds, ...)
       summary.json         best/last top-1, epochs, train seconds, images/s, ...
       train.log            the log
@@ -83,6 +84,10 @@ class RunDir:
     @property
     def config_path(self) -> Path:
         return self.path / "config.yaml"
+
+    @property
+    def resolved_path(self) -> Path:
+        return self.path / "resolved.yaml"
 
     @property
     def metrics_path(self) -> Path:

@@ -60,7 +60,7 @@ class RunTotals:
     best: dict[str, Any] = field(default_factory=lambda: {"top1": -1.0, "epoch": 0})
     train_seconds: float = 0.0
     train_samples: int = 0
-    skipped_steps: int = 0  # steps skipped for a NaN/inf (train.on_nonfinite=skip)
+    skipped_steps: int = 0  # steps skipped for a NaN/inf (train.on_nonfinite=skip; fp16: the loss scale's overflows)
 
 
 @dataclass
@@ -205,10 +205,10 @@ class Trainer:
         phase.model.train()
         spe = self.steps_per_epoch
         bar = self._progress(spe, initial=position, desc=f"{phase.name} {epoch + 1}/{phase.epochs}")
-        t0 = time.perf_counter()
-        samples0 = acc.samples
+        t0, samples0 = time.perf_counter(), acc.samples
         skip = cfg.train.on_nonfinite == "skip"
-        bn_stats = nonfinite.batchnorm_stats([phase.model, *phase.modules]) if skip else []
+        scaled = self.strategy.ctx.grad_scaler is not None  # fp16: its loss scaler skips the steps that overflow
+        bn_stats = nonfinite.batchnorm_stats([phase.model, *phase.modules]) if skip or scaled else []
         for i, batch in enumerate(self.data.train, start=position):
             if i >= spe:
                 break
@@ -218,7 +218,7 @@ class Trainer:
             saved_bn = [t.clone() for t in bn_stats]
             terms = phase.step(batch, ctx, opt.optimizer)
             grad_skipped, bad_grad = opt.guard.take()
-            if skip and (grad_skipped or not ddp.all_finite(terms["loss"])):
+            if nonfinite.step_was_skipped(grad_skipped, opt.guard.take_stepped(), terms["loss"], skip, scaled):
                 totals.skipped_steps += 1  # the strategy did not step; keep the epoch's means clean
                 for t, saved in zip(bn_stats, saved_bn):  # nor do the forward's BatchNorm statistics count
                     t.copy_(saved)
@@ -382,7 +382,7 @@ class Trainer:
         ocfg = self.cfg.train.optimizer
         lr = ocfg.lr
         if ocfg.lr_reference_batch:
-            lr *= self.cfg.data.batch_size * self.dist.world_size / ocfg.lr_reference_batch  # global batch
+            lr *= self.data.train.batch_size * self.dist.world_size / ocfg.lr_reference_batch  # global batch
         optimizer = build_phase_optimizer(phase, ocfg, lr, self.device)
         if phase.forward is not None and self.dist.active:  # one DDP per phase, for its duration (see _run_phase)
             phase.forward.wrap(lambda module, unused: ddp.wrap_ddp(module, self.device, unused))
@@ -392,7 +392,8 @@ class Trainer:
         if phase.schedule == "constant":
             sched_cfg = sched_cfg.model_copy(update={"name": "constant", "warmup_epochs": 0.0})
         schedule = StepSchedule(optimizer, sched_cfg, phase.epochs, self.steps_per_epoch)
-        return PhaseOptimizer(optimizer, schedule, GradGuard(optimizer, skip=self.cfg.train.on_nonfinite == "skip"))
+        skip = self.cfg.train.on_nonfinite == "skip" or self.strategy.ctx.grad_scaler is not None  # fp16: a fused
+        return PhaseOptimizer(optimizer, schedule, GradGuard(optimizer, skip=skip))  # step sees the scaler's infs
 
     def _global_epoch(self, phase_index: int, epoch: int) -> int:
         return sum(p.epochs for p in self.phases[:phase_index]) + epoch
@@ -427,6 +428,7 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def _state(self, phase_index: int, epoch: int, step: int, optimizer: torch.optim.Optimizer,
                acc: EpochAccumulator | None, position: int) -> dict[str, Any]:
+        scaler = self.strategy.ctx.grad_scaler
         return {
             "kind": "training-state",
             "phase_index": phase_index,
@@ -441,6 +443,7 @@ class Trainer:
             "loader": self.data.train.state_dict(),
             "rng": rng_state(),
             "accumulator": accumulator_state(acc),
+            "grad_scaler": None if scaler is None else scaler.state_dict(),  # fp16's loss scale
             "best": self.totals.best,
             "train_seconds": self.totals.train_seconds,
             "train_samples": self.totals.train_samples,
@@ -462,6 +465,8 @@ class Trainer:
         if self.distiller is not None and state["distiller"] is not None:
             self.distiller.load_state_dict(state["distiller"])
         self.strategy.load_state_dict(state["strategy"])
+        if (scaler := self.strategy.ctx.grad_scaler) is not None and state.get("grad_scaler") is not None:
+            scaler.load_state_dict(state["grad_scaler"])
         self.totals.best = state["best"]
         self.totals.train_seconds = state["train_seconds"]
         self.totals.train_samples = state["train_samples"]
@@ -477,11 +482,7 @@ def train(cfg: RunConfig, log: Callable[[str], None] | None = None,
     try:
         summary = Trainer(cfg, log, allow_changes=allow_changes, callbacks=callbacks).run()
         if cfg.compare_scratch and cfg.teacher is not None:
-            run_dir = Path(summary["run_dir"]) / "scratch"
-            scratch_cfg = cfg.model_copy(update={
-                "teacher": None, "losses": {}, "strategy": cfg.strategy.model_copy(update={"name": "standard", "options": {}}),
-                "ce_weight": 1.0, "compare_scratch": False, "run_dir": str(run_dir), "name": f"{cfg.name}-scratch",
-                "resume": cfg.resume})
+            scratch_cfg = cfg.scratch(Path(summary["run_dir"]) / "scratch")
             scratch = Trainer(scratch_cfg, log, allow_changes=allow_changes).run()
             summary["scratch"] = {k: scratch[k] for k in ("best_top1", "last_top1", "train_seconds", "images_per_second")}
             if ddp.is_main():

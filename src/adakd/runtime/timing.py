@@ -22,8 +22,9 @@ short probe times a few real training steps of each candidate and takes the fast
   version, threads and what the caller's key names, so it runs once per setup;
 * no side effects: every RNG is restored after timing.
 
-Skipping it: ``ADAKD_PRECISION=fp32|bf16`` resolves ``precision: auto`` without a probe (then
-``channels_last: auto`` = ``ADAKD_CHANNELS_LAST`` if set, else on with bf16); ``ADAKD_CHANNELS_LAST=0|1``
+Skipping it: ``ADAKD_PRECISION=fp32|bf16|fp16`` resolves ``precision: auto`` without a probe (then
+``channels_last: auto`` = ``ADAKD_CHANNELS_LAST`` if set, else on with bf16/fp16; fp16 for a strategy that
+cannot scale its steps, SAKD and ABL, is fp32, said in the log); ``ADAKD_CHANNELS_LAST=0|1``
 alone fixes the memory format and the probe times the precisions only. Values written in the config
 always win over the environment, and a config that names its precision never probes.
 
@@ -47,7 +48,7 @@ import torch
 from ..errors import ConfigError
 from .atomic import atomic_write_json
 from .cache_home import cache_home
-from .device import bf16_supported
+from .device import bf16_supported, fp16_candidate
 from .seeding import rng_state, set_rng_state
 
 PRECISION_ENV = "ADAKD_PRECISION"
@@ -70,7 +71,7 @@ DROP_FACTOR = 1.5
 class Candidate:
     """One precision x memory format."""
 
-    precision: str  # "fp32" | "bf16"
+    precision: str  # "fp32" | "bf16" | "fp16"
     channels_last: bool
 
     @property
@@ -94,7 +95,8 @@ class FastPath:
 
     precision: str
     channels_last: bool
-    #: "config" (explicit precision), "env" (ADAKD_PRECISION), "only" (one candidate), "probe" (timed now),
+    #: "config" (explicit precision), "env" (ADAKD_PRECISION; "env-no-fp16": its fp16 refused by the strategy,
+    #: fp32 instead), "only" (one candidate), "probe" (timed now),
     #: "cache" (timed before).
     source: str
     #: ms per step of every candidate timed, reference first (probe and cache only).
@@ -110,6 +112,8 @@ class FastPath:
             return f"fast path: {what} (the only candidate on this device, no probe)"
         if self.source == "env":
             return f"fast path: {what} (from ${PRECISION_ENV}, no probe)"
+        if self.source == "env-no-fp16":
+            return f"fast path: {what} (${PRECISION_ENV}=fp16, which this strategy does not support; no probe)"
         figures = ", ".join(f"{k} {format_ms(v)} ms" for k, v in self.timings_ms.items())
         where = "probe cached in" if self.source == "probe" else "cached probe"
         return f"fast path: {what} ({figures} per step; {where} {self.cache_path})"
@@ -129,9 +133,13 @@ def format_ms(ms: float) -> str:
 
 # ----------------------------------------------------------------------------- the rule
 
-def candidates(precision: str, channels_last: bool | str, device: torch.device) -> list[Candidate]:
-    """The candidates a setting leaves open, the reference (fp32, NCHW where open) first."""
+def candidates(precision: str, channels_last: bool | str, device: torch.device,
+               fp16: bool = True) -> list[Candidate]:
+    """The candidates a setting leaves open, the reference (fp32, NCHW where open) first, then bf16, then fp16
+    (on CUDA only, :func:`~.device.fp16_candidate`; ``fp16=False`` for a strategy that cannot scale its steps)."""
     precisions = ["fp32", "bf16"] if precision == "auto" else [precision]
+    if precision == "auto" and fp16 and fp16_candidate(device):
+        precisions.append("fp16")
     if not bf16_supported(device):
         precisions = [p for p in precisions if p != "bf16"] or ["fp32"]
     layouts = [False, True] if channels_last == "auto" else [bool(channels_last)]
@@ -154,8 +162,9 @@ def choose(timings: dict[Candidate, float], margin: float = MARGIN) -> Candidate
 def env_override() -> tuple[str | None, bool | None]:
     """(``$ADAKD_PRECISION``, ``$ADAKD_CHANNELS_LAST``), None where unset; a bad value is a ConfigError."""
     precision = os.environ.get(PRECISION_ENV, "").strip().lower() or None
-    if precision not in (None, "fp32", "bf16"):
-        raise ConfigError(f"${PRECISION_ENV}={precision!r}: use fp32 or bf16 (or unset it to let the probe choose).")
+    if precision not in (None, "fp32", "bf16", "fp16"):
+        raise ConfigError(f"${PRECISION_ENV}={precision!r}: use fp32, bf16 or fp16 (or unset it to let the probe "
+                          "choose).")
     raw = os.environ.get(CHANNELS_LAST_ENV, "").strip().lower()
     layouts = {"": None, "0": False, "1": True, "false": False, "true": True}
     if raw not in layouts:
@@ -164,7 +173,7 @@ def env_override() -> tuple[str | None, bool | None]:
 
 
 def resolve_fast_path(precision: str, channels_last: bool | str, device: torch.device, timer: Timer | None,
-                      key: dict[str, Any] | None = None, margin: float = MARGIN) -> FastPath:
+                      key: dict[str, Any] | None = None, margin: float = MARGIN, fp16: bool = True) -> FastPath:
     """Resolve the ``auto`` settings: config value > environment > cached probe > probe now (``timer``).
 
     ``key`` (JSON-able) names the setup the timings hold for; without it nothing is cached."""
@@ -174,10 +183,12 @@ def resolve_fast_path(precision: str, channels_last: bool | str, device: torch.d
         channels_last = env_layout
     if precision == "auto" and env_precision is not None:
         precision, source = env_precision, "env"
-    if precision != "auto":  # named (config or env): no probe; the memory format follows the bf16 rule
-        layout = precision == "bf16" if channels_last == "auto" else bool(channels_last)
+    if precision == "fp16" and source == "env" and not fp16:  # $ADAKD_PRECISION=fp16 for a strategy without it
+        precision, source = "fp32", "env-no-fp16"
+    if precision != "auto":  # named (config or env): no probe; the memory format follows the reduced-precision rule
+        layout = precision in ("bf16", "fp16") if channels_last == "auto" else bool(channels_last)
         return FastPath(precision, layout, source)
-    options = candidates(precision, channels_last, device)
+    options = candidates(precision, channels_last, device, fp16)
     if len(options) == 1:
         return FastPath(options[0].precision, options[0].channels_last, "only")
     path = cache_file({**key, "candidates": [c.label for c in options]}) if key is not None else None

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data import Batch
+from ..errors import ConfigError
 from ..runtime.device import autocast
 from ..runtime.distributed import all_finite
 from ..losses.base import DistillContext, Distiller
@@ -77,6 +78,9 @@ class StrategyContext:
     steps_per_epoch: int = 1
     #: Seed of the run.
     seed: int = 0
+    #: fp16's loss scaler (``torch.amp.GradScaler``; None in other precisions): :meth:`Strategy.backward_and_step`
+    #: scales the loss and steps through it; the engine saves its state in checkpoints.
+    grad_scaler: Any = None
 
 
 class Strategy:
@@ -84,7 +88,17 @@ class Strategy:
 
     name: ClassVar[str] = ""
 
+    #: Whether the steps scale their losses for fp16: every backward and step through :meth:`backward_and_step`,
+    #: in phases trained through DistributedDataParallel (``Phase.forward``; the ranks then agree on a skip).
+    #: Off unless a strategy declares it (the standard strategy): where it is off (SAKD's policy step, ABL's
+    #: hypergradient: steps of their own), ``precision: fp16`` is one ConfigError naming bf16/fp32, and
+    #: ``precision: auto`` never times fp16.
+    supports_fp16: ClassVar[bool] = False
+
     def __init__(self, ctx: StrategyContext) -> None:
+        if ctx.precision == "fp16" and not self.supports_fp16:
+            raise ConfigError(f"strategy {self.name!r} does not support train.precision=fp16 (its own optimiser steps "
+                              "are not loss-scaled): use precision=bf16 (where the device has it) or fp32.")
         self.ctx = ctx
         self.student = ctx.student
         self.teacher = ctx.teacher
@@ -169,12 +183,25 @@ class Strategy:
         return {"pretrain": loss.detach().float(), "loss": loss.detach().float(), "correct": correct_count(logits, batch.y)}
 
     def backward_and_step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> bool:
-        """zero_grad, backward, step; with ``skip_nonfinite`` a NaN/inf loss skips the step. True if stepped."""
+        """zero_grad, backward, step; with ``skip_nonfinite`` a NaN/inf loss skips the step. True if stepped
+        (in fp16: also when the scaler skipped the step for an inf/NaN gradient; the engine counts those).
+
+        fp16 (``ctx.grad_scaler``): backward of S x loss, the scaler's step (gradients / S; the optimiser's step
+        is not called where one is inf/NaN, or a fused optimiser skips it itself), its update. The engine
+        counts such a step as skipped (:class:`~adakd.engine.nonfinite.GradGuard` sees no step, or skips the
+        fused one itself: one skip, never two). Under torchrun the phases that step here average their
+        gradients inside the backward (DistributedDataParallel): every rank sees the same gradients."""
         optimizer.zero_grad(set_to_none=True)
         if self.ctx.skip_nonfinite and not all_finite(loss):  # one decision for every rank of a job
             return False
-        loss.backward()
-        optimizer.step()
+        scaler = self.ctx.grad_scaler
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+            return True
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)  # gradients / S; no step where one is inf/NaN
+        scaler.update()  # S halved after an inf/NaN, doubled after 2000 clean steps
         return True
 
     # -- hooks ----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from .parallel import DataParallelForward, LossForward, has_trainable
                      paper="Hinton et al. 2015 (the common recipe of every KD code base)")
 class StandardStrategy(Strategy):
     name = "standard"
+    supports_fp16 = True  # every step through backward_and_step, DDP-averaged (phases: pretrain, train)
 
     def compute_loss(self, batch: Batch, ctx: DistillContext) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         t = self.teacher_features(batch.x)
