@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from adakd.config import validate
-from adakd.engine.trackers.base import flatten
+from adakd.config import flatten
 from adakd.engine.trainer import train
 from adakd.errors import ConfigError
 from tiny_runs import apply_dotted

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import yaml
 
-from ..config import RunConfig, load_raw, validate
+from ..config import RunConfig, flatten, load_raw, validate
 from ..errors import AdakdError, CheckpointError, ConfigError
 from .checkpoint import atomic_write_text, clean_stale_temporaries, load_checkpoint, previous_path
 from .components import resolved_options
@@ -43,18 +43,9 @@ ALLOWED_CHANGES = ("train.epochs", "train.eval_every", "train.checkpoint_every_s
                    "data.batch_size")
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict) and value:
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: value}
-
-
 def config_changes(stored: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Dotted keys whose values differ between a run's stored config and ``new`` (ignoring RESUME_IGNORED)."""
-    a, b = _flatten(stored), _flatten(new)
+    a, b = flatten(stored), flatten(new)
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
             if a.get(k) != b.get(k) and not any(k == i or k.startswith(i + ".") for i in RESUME_IGNORED)}
 

@@ -12,22 +12,13 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ...config import flatten
 from ...runtime.atomic import atomic_write_text
 from ..callbacks import _NOT_SCALARS, Callback
 
 if TYPE_CHECKING:
     from ...config import RunConfig
     from ..trainer import Trainer
-
-
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (the dotted keys of the config file and its overrides)."""
-    if isinstance(value, dict) and value:
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: value}
 
 
 def scalars(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
