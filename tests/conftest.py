@@ -52,15 +52,25 @@ def pytest_configure(config):
     os.environ["ADAKD_TEST_DEVICE"] = config.getoption("--device")
 
 
+#: Markers of tests that run only when ``-m`` names them (CI's second stage, `.ci/run`), with why.
+SECOND_STAGE = {
+    "extended": "minutes of CPU (multi-process runs, every distiller again in fp16, the reference trajectories "
+                "of the big pair): run with `python -m pytest -m extended`",
+    "faults4": "4-process fault campaign: run with `python -m pytest -m faults4`",
+}
+
+
 def pytest_collection_modifyitems(config, items):
-    """``faults4`` tests (4-process fault campaigns, minutes) run only when ``-m`` names them (CI's second
-    stage: ``pytest -m faults4``); the default run skips them, saying how to run them."""
-    if "faults4" in (config.getoption("-m") or ""):
-        return
-    skip = pytest.mark.skip(reason="4-process fault campaign: run with `python -m pytest -m faults4`")
-    for item in items:
-        if "faults4" in item.keywords:
-            item.add_marker(skip)
+    """``extended`` and ``faults4`` tests run only when ``-m`` names them (CI's second stage); the default
+    run (the suite of the README, under 10 minutes on 2 cores) skips them, saying how to run them."""
+    selected = config.getoption("-m") or ""
+    for marker, reason in SECOND_STAGE.items():
+        if marker in selected:
+            continue
+        skip = pytest.mark.skip(reason=reason)
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

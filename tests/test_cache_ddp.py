@@ -22,6 +22,8 @@ from adakd.engine.checkpoint import save_checkpoint
 from adakd.models import build_model
 from test_ddp import assert_close_weights, env, finish, free_port, in_process, metrics, tiny, torchrun, weights
 
+pytestmark = pytest.mark.extended  # torchrun jobs of 2 processes: CI stage 2 (`pytest -m extended`)
+
 TEACHER = {"name": "resnet8", "kwargs": {"widths": [8, 16, 16]}}
 VIEWS = 3  # an odd count: rank 0 builds views 0 and 2, rank 1 view 1
 

@@ -81,6 +81,7 @@ def test_a_global_batch_that_does_not_divide_is_one_error_naming_the_fix():
     assert plain.per_process_batch(4) == 64  # no global batch: batch_size is the per-process batch
 
 
+@pytest.mark.extended
 def test_two_processes_killed_mid_epoch_resume_on_one(tmp_path, fmnist_root, two_process_reference):
     run_dir = tmp_path / "run"
     cfg = global_config(fmnist_root, run_dir)
@@ -112,6 +113,7 @@ def test_two_processes_killed_mid_epoch_resume_on_one(tmp_path, fmnist_root, two
     assert one["lr"] == ref["lr"]  # the config's lr schedule, not rescaled
 
 
+@pytest.mark.extended
 def test_one_process_killed_mid_epoch_resumes_on_two(tmp_path, fmnist_root, two_process_reference, monkeypatch):
     run_dir = tmp_path / "run"
     cfg = global_config(fmnist_root, run_dir)

@@ -9,7 +9,8 @@ Warm-ups are switched off so that the loss scale does not change during the run.
 
 Every distiller runs three times, in fp32, under bf16 autocast and under fp16 autocast with its loss scaler
 (torch.amp.GradScaler: the steps it skips for an overflow are not the distiller's), named explicitly (not
-through ``precision: auto``), so the suite exercises every numerics on any CPU, with or without AMX.
+through ``precision: auto``), so the suite exercises every numerics on any CPU, with or without AMX. The
+fp16 runs (CPU fp16 autocast is slow: minutes for all of them) are CI's second stage (``-m extended``).
 """
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ CASES = [pytest.param(n, {}, id=n, )
 CASES.append(pytest.param("aekt", {"serialize": False}, id="aekt-noserialize"))
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", pytest.param("fp16", marks=pytest.mark.extended)])
 @pytest.mark.parametrize("name,extra", CASES)
 def test_distiller_learns_on_fashion_mnist(name, extra, precision, data, teacher):
     torch.manual_seed(1)

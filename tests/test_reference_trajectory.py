@@ -234,7 +234,7 @@ def rel(a, b) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-CASES = [pytest.param(m, p, marks=[pytest.mark.slow] if p == "res32x4_res8x4" else [], id=f"{m}-{p}")
+CASES = [pytest.param(m, p, marks=[pytest.mark.slow, pytest.mark.extended] if p == "res32x4_res8x4" else [], id=f"{m}-{p}")
          for m in METHODS for p in PAIRS]
 
 

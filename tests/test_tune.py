@@ -192,6 +192,7 @@ def test_a_grid_study_runs_each_combination_once(tmp_path, fmnist_root):
 # ----------------------------------------------------------------------------------------------- many workers
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_two_workers_on_one_sqlite_storage_finish_one_study(tmp_path, fmnist_root, monkeypatch):
     monkeypatch.setenv("ADAKD_CACHE", str(tmp_path / "cache"))  # its own teacher cache (the workers inherit it)
     config = write_configs(tmp_path, fmnist_root, epochs=1)
@@ -215,6 +216,7 @@ def test_two_workers_on_one_sqlite_storage_finish_one_study(tmp_path, fmnist_roo
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_a_killed_tuner_resumes_its_study_when_rerun(tmp_path, fmnist_root):
     config = write_configs(tmp_path, fmnist_root, epochs=3)
     space = write_space(tmp_path / "s.yaml", trials=3)

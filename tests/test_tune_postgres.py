@@ -19,7 +19,7 @@ from adakd.errors import ConfigError  # noqa: E402
 from adakd.tools.tune.study import driver_url, run_tune  # noqa: E402
 from test_tune import states, write_configs, write_space  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.extended]  # a server per test: CI stage 2
 
 
 def free_port() -> int:
