@@ -25,7 +25,8 @@ from adakd.config import validate
 from adakd.engine import ranks
 from adakd.runtime import distributed as ddp
 from adakd.engine.checkpoint import load_checkpoint
-from adakd.engine.trainer import Trainer, train
+from adakd.engine.trainer import train
+from tiny_runs import Killed, kill_after_steps
 
 ATOL = 1e-5
 
@@ -168,27 +169,10 @@ def test_two_nodes_resume_a_one_process_checkpoint(tmp_path, fmnist_root, refere
     """1 process (batch 32) dies after 2 of 4 steps; 2 nodes x 1 process (batch 16 each) resume mid-epoch
     through a static rendezvous on 127.0.0.1 and end where the uninterrupted 1-process run ends."""
     run_dir = tmp_path / "moved"
-    real_step = Trainer._run_epoch
-
-    class Die(Exception):
-        pass
-
-    def dying(self, index, phase, *args):
-        inner, count = phase.step, [0]
-
-        def step_then_die(batch, ctx, opt):
-            if count[0] == 2:  # after step 2 (its checkpoint, position 2, is written)
-                raise Die
-            count[0] += 1
-            return inner(batch, ctx, opt)
-
-        phase.step = step_then_die
-        return real_step(self, index, phase, *args)
-
-    monkeypatch.setattr(Trainer, "_run_epoch", dying)
-    with pytest.raises(Die):
+    restore = kill_after_steps(monkeypatch, 3, lambda phase, call: call == 1)  # step 3 dies before its checkpoint:
+    with pytest.raises(Killed):  # the run is left at position 2
         in_process(tiny(fmnist_root, run_dir))
-    monkeypatch.setattr(Trainer, "_run_epoch", real_step)
+    restore()
     saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert saved["position"] == 2 and saved["loader"]["world_size"] == 1
 

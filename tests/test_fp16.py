@@ -4,7 +4,6 @@ checkpoint (a resumed run is bitwise the uninterrupted one), a NaN/inf loss is s
 with steps of their own refuse fp16 with one error naming the fix."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -13,11 +12,11 @@ import torch
 import adakd.engine.components as components
 from adakd.engine.checkpoint import load_checkpoint
 from adakd.engine.nonfinite import NonFiniteLoss
-from adakd.engine.trainer import Trainer
 from adakd.errors import ConfigError
 from adakd.registry import STRATEGIES
 from adakd.runtime import timing
 from adakd.strategies import StrategyContext
+from tiny_runs import Killed, kill_after_steps
 from test_ddp import in_process, metrics, tiny
 
 INIT_SCALE = 2.0 ** 24  # far above what fp16 gradients of this model hold: the first steps overflow
@@ -53,27 +52,12 @@ def test_overflows_are_skipped_counted_and_halve_the_scale(tmp_path, fmnist_root
 def test_a_resumed_fp16_run_is_bitwise_the_uninterrupted_one(tmp_path, fmnist_root, high_scale, monkeypatch):
     in_process(fp16_config(fmnist_root, tmp_path / "ref"))
     run_dir = tmp_path / "run"
-    real_epoch = Trainer._run_epoch
-
-    class Die(Exception):
-        pass
-
-    def dying(self, index, phase, *args):
-        inner, count = phase.step, [0]
-
-        def step_then_die(batch, ctx, opt):
-            if count[0] == 3:  # inside the overflows: the saved scale is not the initial one
-                raise Die
-            count[0] += 1
-            return inner(batch, ctx, opt)
-
-        phase.step = step_then_die
-        return real_epoch(self, index, phase, *args)
-
-    monkeypatch.setattr(Trainer, "_run_epoch", dying)
-    with pytest.raises(Die):
+    # step 4 dies before its checkpoint: the run is left at position 3, inside the overflows (the saved scale is
+    # not the initial one)
+    restore = kill_after_steps(monkeypatch, 4, lambda phase, call: call == 1)
+    with pytest.raises(Killed):
         in_process(fp16_config(fmnist_root, run_dir))
-    monkeypatch.setattr(Trainer, "_run_epoch", real_epoch)
+    restore()
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["grad_scaler"]["scale"] < INIT_SCALE
     in_process({**fp16_config(fmnist_root, run_dir), "resume": True})
     ref, got = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (tmp_path / "ref", run_dir))

@@ -20,8 +20,8 @@ import yaml
 from adakd.config import validate
 from adakd.data.order import rank_rows
 from adakd.engine.checkpoint import load_checkpoint
-from adakd.engine.trainer import Trainer
 from adakd.errors import ConfigError
+from tiny_runs import Killed, kill_after_steps
 from test_ddp import assert_close_weights, env, finish, free_port, in_process, metrics, tiny, weights
 from test_elastic import workers
 
@@ -117,27 +117,10 @@ def test_two_processes_killed_mid_epoch_resume_on_one(tmp_path, fmnist_root, two
 def test_one_process_killed_mid_epoch_resumes_on_two(tmp_path, fmnist_root, two_process_reference, monkeypatch):
     run_dir = tmp_path / "run"
     cfg = global_config(fmnist_root, run_dir)
-    real_epoch = Trainer._run_epoch
-
-    class Die(Exception):
-        pass
-
-    def dying(self, index, phase, *args):
-        inner, count = phase.step, [0]
-
-        def step_then_die(batch, ctx, opt):
-            if count[0] == 3:  # after step 3 (its checkpoint, position 3, is written)
-                raise Die
-            count[0] += 1
-            return inner(batch, ctx, opt)
-
-        phase.step = step_then_die
-        return real_epoch(self, index, phase, *args)
-
-    monkeypatch.setattr(Trainer, "_run_epoch", dying)
-    with pytest.raises(Die):
+    restore = kill_after_steps(monkeypatch, 4, lambda phase, call: call == 1)  # step 4 dies before its checkpoint:
+    with pytest.raises(Killed):  # the run is left at position 3
         in_process(cfg)
-    monkeypatch.setattr(Trainer, "_run_epoch", real_epoch)
+    restore()
     saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert saved["position"] == 3 and saved["loader"]["world_size"] == 1 and saved["loader"]["batch_size"] == 32
     out = finish(torchrun(write(tmp_path / "run.yaml", cfg), "--resume"))
