@@ -14,19 +14,14 @@ from adakd.config import validate
 from adakd.config import flatten
 from adakd.engine.trainer import train
 from adakd.errors import ConfigError
-from tiny_runs import apply_dotted
+from test_callbacks import tiny as callback_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(tmp_path: Path, root: Path, **updates) -> dict:
-    cfg = {"name": "tracked", "seed": 0, "device": "cpu", "output_dir": str(tmp_path / "runs"), "progress": False,
-           "data": {"name": "fashion_mnist", "root": str(root), "batch_size": 32, "eval_batch_size": 500,
-                    "train_subset": 128, "test_subset": 500},
-           "student": {"name": "resnet8", "kwargs": {"widths": [8, 8, 16]}},
-           "train": {"epochs": 2, "precision": "fp32", "channels_last": False, "optimizer": {"lr": 0.05},
-                     "schedule": {"name": "cosine"}}}
-    return apply_dotted(cfg, updates)
+    """test_callbacks' tiny run, named ``tracked``."""
+    return callback_run(tmp_path, root, **{"name": "tracked", **updates})
 
 
 def records_of(summary: dict) -> list[dict]:
