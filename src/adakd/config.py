@@ -204,7 +204,8 @@ class TrainConfig(_Strict):
     compile: bool = False
     #: torch.compile mode; "auto" = "reduce-overhead" (CUDA graphs) on CUDA with data.drop_last, else "default".
     compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "auto"
-    #: Deterministic algorithms (bitwise-reproducible on CPU).
+    #: Deterministic algorithms (bitwise-reproducible on CPU); from 3 processes on, DDP all-reduces each gradient
+    #: on its own so that a resumed job sums exactly as the uninterrupted one (runtime/distributed.py).
     deterministic: bool = True
     #: Test accuracy every k epochs and after each phase's last epoch; best.pt / best_top1 are the best of the
     #: evaluated epochs, and the other epochs' metrics.jsonl lines have no test_* fields (1: every epoch).

@@ -164,7 +164,11 @@ class Trainer:
         start_phase = resume_state["phase_index"] if resume_state else 0
         with StopFlag() as stop:
             for index in range(start_phase, len(self.phases)):
-                self._run_phase(index, resume_state if index == start_phase else None, stop)
+                try:
+                    self._run_phase(index, resume_state if index == start_phase else None, stop)
+                finally:  # drop the phase's DDP, its hooks on modules a later phase trains (and a live one with
+                    if self.phases[index].forward is not None:  # a comm hook aborts the process-group shutdown)
+                        self.phases[index].forward.unwrap()
         return self.finish(final=True)
 
     def _run_phase(self, index: int, state: dict[str, Any] | None, stop: StopFlag) -> None:
@@ -195,8 +199,6 @@ class Trainer:
             step = self._run_epoch(index, phase, epoch, step, position, opt, acc, stop)
             position = 0
             self._end_epoch(index, phase, epoch, step, opt, acc)
-        if phase.forward is not None:  # drop the phase's DDP: its gradient hooks on modules a later phase trains
-            phase.forward.unwrap()
 
     def _run_epoch(self, index: int, phase: Phase, epoch: int, step: int, position: int, opt: PhaseOptimizer,
                    acc: EpochAccumulator, stop: StopFlag) -> int:
@@ -385,7 +387,7 @@ class Trainer:
             lr *= self.data.train.batch_size * self.dist.world_size / ocfg.lr_reference_batch  # global batch
         optimizer = build_phase_optimizer(phase, ocfg, lr, self.device)
         if phase.forward is not None and self.dist.active:  # one DDP per phase, for its duration (see _run_phase)
-            phase.forward.wrap(lambda module, unused: ddp.wrap_ddp(module, self.device, unused))
+            phase.forward.wrap(lambda module, unused: ddp.wrap_ddp(module, self.device, unused, self.cfg.train.deterministic))
         if phase.forward is None or not phase.forward.wrapped:  # DDP averages in the backward; others here
             optimizer = ddp.sync_gradients(optimizer)
         sched_cfg = self.cfg.train.schedule
