@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from adakd.cli import main
-from adakd.tools.report.record import load_runs, read_record, record_in
+from adakd.tools.report.record import StoredRun, load_runs, read_record, record_in
 from adakd.tools.report.table import build_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,6 +116,32 @@ def test_record_of_run_directories_gives_the_same_report(tmp_path, capsys, out_n
     from_record, _ = build_report(study, tmp_path / "b")
     assert from_record == from_dirs.replace("# Results: runs", "# Results: study")
     assert "1 run(s) without summary.json (unfinished)" in from_record and "| kd | abl |" in from_record
+
+
+def test_record_merges_into_an_existing_record(tmp_path, capsys):
+    """A new machine has only the run directories it made: recording them keeps the record's other runs
+    (a run on disk replaces its line); --replace writes the runs on disk alone."""
+    runs = [r for r in load_runs(STUDIES / "abl-depth") if r.sweep["labels"]["method"] == "kd"
+            and r.sweep["labels"]["strategy"] in ("standard", "abl")]
+    assert len(runs) == 6
+    study = tmp_path / "study"
+    materialize(runs[:4], study / "runs")
+    assert main(["record", str(study / "runs")]) == 0
+    record = study / "runs.jsonl.gz"
+    shutil.rmtree(study / "runs")
+    changed = StoredRun.from_line(runs[3].to_line())
+    changed.summary = {**changed.summary, "best_top1": 12.5}
+    materialize([changed, *runs[4:]], study / "runs")  # one rerun + two new runs
+    assert main(["record", str(study / "runs")]) == 0
+    assert "6 runs of" in capsys.readouterr().out.splitlines()[-1]
+    merged = load_runs(study)
+    assert [r.name for r in merged] == sorted(r.name for r in runs)
+    by_name = {r.name: r for r in merged}
+    assert by_name[runs[3].name].summary["best_top1"] == 12.5  # the directory on disk wins
+    assert all(by_name[r.name].metrics == r.metrics for r in runs[:3])  # kept from the record
+    assert main(["record", str(study / "runs"), "--replace"]) == 0
+    assert sorted(r.name for r in load_runs(study)) == sorted(r.name for r in [changed, *runs[4:]])
+    assert record.is_file()
 
 
 def test_a_broken_record_is_one_clear_error(tmp_path):

@@ -198,6 +198,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="sweep file (its output_dir) or a folder holding run directories")
     p.add_argument("-o", "--out", default=None,
                    help="the record (.jsonl.gz, or .jsonl for plain text; default: runs.jsonl.gz in the study folder)")
+    p.add_argument("--replace", action="store_true",
+                   help="write only the run directories on disk (default: merge into an existing record, keeping "
+                        "the runs it has that are not on disk)")
     return parser
 
 
@@ -401,8 +404,10 @@ def cmd_record(args: argparse.Namespace) -> int:
     from .tools.report.table import runs_root
 
     root = runs_root(args.target)
-    path, count = write_record(root, Path(args.out) if args.out else default_record_path(args.target, root))
-    print(f"{count} runs of {root} -> {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    out = Path(args.out) if args.out else default_record_path(args.target, root)
+    path, count, kept = write_record(root, out, replace=args.replace)
+    merged = f", {kept} of them kept from the record (not on disk)" if kept else ""
+    print(f"{count} runs of {root} -> {path} ({path.stat().st_size / 1e6:.2f} MB{merged})")
     return 0
 
 

@@ -2,6 +2,7 @@
 
     adakd record studies/abl-depth/sweep.yaml             # the sweep's runs -> studies/abl-depth/runs.jsonl.gz
     adakd record RUNS_DIR -o studies/NAME/runs.jsonl.gz   # any folder of run directories (.jsonl: plain text)
+    adakd record studies/abl-depth/sweep_cost.yaml        # merged into the record: its other runs are kept
     adakd report studies/abl-depth                        # the tables again, from the record
 
 One line per run directory below the root (a folder holding ``summary.json``, ``config.yaml`` or
@@ -143,17 +144,28 @@ def load_runs(root: Path) -> list[StoredRun]:
     return [read_run_dir(d, root) for d in run_dirs(root)]
 
 
-def write_record(root: Path, out: Path) -> tuple[Path, int]:
-    """Write the record of every run directory below ``root`` to ``out`` (gzip for ``.gz``); (path, runs)."""
-    runs = [read_run_dir(d, root) for d in run_dirs(root)]
+def write_record(root: Path, out: Path, replace: bool = False) -> tuple[Path, int, int]:
+    """Write the record of every run directory below ``root`` to ``out`` (gzip for ``.gz``): (path, runs
+    written, runs kept from the existing record).
+
+    An existing record at ``out`` is merged, not lost: a run directory on disk replaces the line of the same
+    name, and the lines of runs no longer on disk (run directories are git-ignored, so a new machine has
+    only the runs it made) are kept; ``replace`` writes the runs on disk alone. Lines sorted by name."""
+    runs = {run.name: run for run in (read_run_dir(d, root) for d in run_dirs(root))}
     if not runs:
         raise ConfigError(f"no run directory (with {', '.join(RUN_MARKERS)}) under {root}: run the sweep first, "
                           f"or point at the folder holding the run directories.")
-    data = "".join(run.to_line() + "\n" for run in runs).encode()
+    kept = 0
+    if out.is_file() and not replace:
+        for old in read_record(out):
+            if old.name not in runs:
+                runs[old.name] = old
+                kept += 1
+    data = "".join(runs[name].to_line() + "\n" for name in sorted(runs)).encode()
     if out.name.endswith(".gz"):
         data = gzip.compress(data, mtime=0)  # mtime 0: the same runs give the same bytes
     atomic_write_bytes(out, data)
-    return out, len(runs)
+    return out, len(runs), kept
 
 
 def default_record_path(target: str | os.PathLike[str], root: Path) -> Path:
