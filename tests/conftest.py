@@ -48,8 +48,17 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    """``--device`` also as $ADAKD_TEST_DEVICE, for modules that choose their device at import."""
+    """``--device`` also as $ADAKD_TEST_DEVICE, for modules that choose their device at import. Under
+    pytest-xdist (``-n N``) each worker gets its share of the cores (torch threads and $OMP_NUM_THREADS, which
+    the tests' subprocesses inherit), so N workers do not oversubscribe the machine."""
     os.environ["ADAKD_TEST_DEVICE"] = config.getoption("--device")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        share = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(share)
+        os.environ["OMP_NUM_THREADS"] = str(share)
 
 
 #: Markers of tests that run only when ``-m`` names them (CI's second stage, `.ci/run`), with why.

@@ -105,3 +105,53 @@ def test_a_run_directory_without_resolved_options_still_resumes(tmp_path, fmnist
     history = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]
     assert history[-1]["changes"] == {"train.epochs": [1, 2]}
     assert (run_dir / "resolved.yaml").is_file()
+
+
+def kd_config(root: Path, run_dir: Path, teacher: Path) -> dict:
+    cfg = tiny(root, run_dir, epochs=2, checkpoint_every_steps=1, max_steps_per_epoch=3)
+    cfg.update(losses={"kd": {}},
+               teacher={"name": "resnet8", "kwargs": {"widths": [8, 16, 16]}, "checkpoint": str(teacher)})
+    return cfg
+
+
+def test_a_resume_with_other_teacher_weights_is_refused_unless_allowed(tmp_path, fmnist_root, teacher,
+                                                                       monkeypatch):
+    """The config names the teacher's file, not its contents: a file replaced in place (or `published` found
+    where the recipe stood in) is caught by the digest every training state carries."""
+    from adakd.engine.checkpoint import load_checkpoint, save_checkpoint
+    from adakd.models import build_model
+    from tiny_runs import Killed, kill_after_steps
+
+    run_dir = tmp_path / "run"
+    cfg = kd_config(fmnist_root, run_dir, teacher)
+    restore = kill_after_steps(monkeypatch, 2, lambda phase, call: call == 2)  # dies in epoch 2
+    with pytest.raises(Killed):
+        run(cfg)
+    restore()
+    last = run_dir / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    assert len(state["teacher_sha256"]) == 64
+    torch.manual_seed(6)  # another teacher, same architecture, same path
+    other = build_model("resnet8", num_classes=10, in_channels=1, image_size=28, widths=[8, 16, 16])
+    save_checkpoint(teacher, {"model": other.state_dict()})
+    before = last.read_bytes()
+    with pytest.raises(ConfigError) as refused:
+        run({**cfg, "resume": True})
+    message = str(refused.value)
+    assert "the teacher's weights (sha256 " + state["teacher_sha256"][:16] in message
+    assert "--allow-changes teacher.weights" in message
+    assert last.read_bytes() == before  # refused before a step or a checkpoint
+    lines: list[str] = []
+    summary = train(validate({**cfg, "resume": True}), log=lines.append, allow_changes=("teacher.weights",))
+    assert summary["epochs"] == 2
+    assert any("continuing with the new teacher" in line for line in lines)
+    assert load_checkpoint(last)["teacher_sha256"] != state["teacher_sha256"]
+
+
+def test_a_state_without_a_teacher_digest_resumes_as_before():
+    from adakd.engine.resume import check_teacher
+
+    check_teacher({}, "ab" * 32, Path("run"), (), print)  # written before the digest existed: no check
+    check_teacher({"teacher_sha256": None}, None, Path("run"), (), print)  # no teacher
+    with pytest.raises(ConfigError, match="teacher.weights"):
+        check_teacher({"teacher_sha256": "cd" * 32}, "ab" * 32, Path("run"), (), print)

@@ -4,6 +4,7 @@ data, teacher (trained from its recipe or loaded; its test accuracy evaluated on
 and strategy with its phases, the teacher cache; the same initial weights on every rank of a torchrun job."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -51,6 +52,12 @@ class RunParts:
     @property
     def channels_last(self) -> bool:
         return self.fast_path.channels_last
+
+    @functools.cached_property
+    def teacher_sha256(self) -> str | None:
+        """sha256 of the teacher's weights: every training state carries it, and a resume checks it
+        (:func:`.resume.check_teacher`)."""
+        return None if self.teacher is None else teacher_cache.weights_hash(self.teacher)
 
 
 def steps_per_epoch(cfg: RunConfig, data: Any) -> int:

@@ -40,7 +40,8 @@ RESUME_IGNORED = ("resume", "progress", "name", "output_dir", "run_dir", "data.r
 #: ``data.batch_size``: the per-process batch of a job resumed with another number of processes (the
 #: loader's state still refuses a position that is not a whole number of the new global batches).
 ALLOWED_CHANGES = ("train.epochs", "train.eval_every", "train.checkpoint_every_steps", "compare_scratch",
-                   "data.batch_size")
+                   "data.batch_size", "teacher.weights")
+#: ``teacher.weights`` is no config key: the teacher's weights themselves (:func:`check_teacher`).
 
 
 def config_changes(stored: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -206,6 +207,28 @@ def claim_run_dir(cfg: RunConfig, allow_changes: tuple[str, ...], config_text: s
         claim.discard()
         raise
     return claim
+
+
+def check_teacher(state: dict[str, Any], teacher_sha256: str | None, run_dir: Path,
+                  allow_changes: tuple[str, ...], log: Callable[[str], None]) -> None:
+    """A resumed run distils from the teacher it started with. The config names the teacher's file (or
+    recipe), not its contents: a file replaced in place, ``checkpoint: published`` that fell back to the
+    recipe at the start and finds the published file now, or a recipe teacher trained again would change the
+    run without a word. So every training state carries the teacher's weights digest (``teacher_sha256``),
+    and a resume with other weights is refused unless ``--allow-changes teacher.weights``. A state written
+    before the digest existed resumes as before."""
+    stored = state.get("teacher_sha256")
+    if stored is None or stored == teacher_sha256:
+        return
+    change = f"the teacher's weights (sha256 {str(stored)[:16]}... -> {str(teacher_sha256)[:16]}...)"
+    if "teacher.weights" in allow_changes:
+        log(f"resume: {change} changed; continuing with the new teacher (--allow-changes teacher.weights)")
+        return
+    raise ConfigError(
+        f"--resume {run_dir}: {change} differ from those the run started with, though the config names the same "
+        "teacher: its file was replaced, or `checkpoint: published` fell back to the recipe then and finds the "
+        "published file now, or its recipe was trained again. Resume with the teacher the run started with, "
+        "start a new run, or pass --allow-changes teacher.weights to continue with this one.")
 
 
 def has_checkpoint(run_dir: RunDir) -> bool:

@@ -110,8 +110,8 @@ class Trainer:
     # the run's parts as trainer.<name> (RunParts), for the loop and for callbacks
     dist, run_dir, device, data, steps_per_epoch = (_part(n) for n in (
         "dist", "run_dir", "device", "data", "steps_per_epoch"))
-    student, teacher, distiller, strategy, phases, precision, channels_last = (_part(n) for n in (
-        "student", "teacher", "distiller", "strategy", "phases", "precision", "channels_last"))
+    student, teacher, distiller, strategy, phases, precision, channels_last, teacher_sha256 = (_part(n) for n in (
+        "student", "teacher", "distiller", "strategy", "phases", "precision", "channels_last", "teacher_sha256"))
 
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any]:
@@ -166,9 +166,8 @@ class Trainer:
             for index in range(start_phase, len(self.phases)):
                 try:
                     self._run_phase(index, resume_state if index == start_phase else None, stop)
-                finally:  # drop the phase's DDP, its hooks on modules a later phase trains (and a live one with
-                    if self.phases[index].forward is not None:  # a comm hook aborts the process-group shutdown)
-                        self.phases[index].forward.unwrap()
+                finally:  # drop the phase's DDP: its hooks on modules a later phase trains (a live one with a
+                    self.phases[index].forward and self.phases[index].forward.unwrap()  # comm hook aborts at exit)
         return self.finish(final=True)
 
     def _run_phase(self, index: int, state: dict[str, Any] | None, stop: StopFlag) -> None:
@@ -304,8 +303,7 @@ class Trainer:
             self._save(self.run_dir.checkpoints / "student.pt",
                        {"kind": "student", "model": student.state_dict(), "meta": self.meta()})
         summary = {
-            "name": self.cfg.name,
-            "run_dir": str(self.run_dir.path),
+            "name": self.cfg.name, "run_dir": str(self.run_dir.path),
             "student": self.cfg.student.name,
             "teacher": self.cfg.teacher.name if self.cfg.teacher else None,
             "losses": list(self.cfg.losses),
@@ -387,7 +385,7 @@ class Trainer:
             lr *= self.data.train.batch_size * self.dist.world_size / ocfg.lr_reference_batch  # global batch
         optimizer = build_phase_optimizer(phase, ocfg, lr, self.device)
         if phase.forward is not None and self.dist.active:  # one DDP per phase, for its duration (see _run_phase)
-            phase.forward.wrap(lambda module, unused: ddp.wrap_ddp(module, self.device, unused, self.cfg.train.deterministic))
+            phase.forward.wrap(lambda m, unused: ddp.wrap_ddp(m, self.device, unused, self.cfg.train.deterministic))
         if phase.forward is None or not phase.forward.wrapped:  # DDP averages in the backward; others here
             optimizer = ddp.sync_gradients(optimizer)
         sched_cfg = self.cfg.train.schedule
@@ -446,6 +444,7 @@ class Trainer:
             "rng": rng_state(),
             "accumulator": accumulator_state(acc),
             "grad_scaler": None if scaler is None else scaler.state_dict(),  # fp16's loss scale
+            "teacher_sha256": self.teacher_sha256,  # a resume checks it (resume.check_teacher)
             "best": self.totals.best,
             "train_seconds": self.totals.train_seconds,
             "train_samples": self.totals.train_samples,
@@ -463,6 +462,7 @@ class Trainer:
     def _restore(self, state: dict[str, Any]) -> None:
         if state.get("kind") != "training-state":
             raise CheckpointError(f"{self.run_dir.last_checkpoint} is not a training state; cannot resume from it.")
+        resume.check_teacher(state, self.teacher_sha256, self.run_dir.path, self.allow_changes, self._log)
         load_weights(self.student, state["model"], "the resumed checkpoint's student")
         if self.distiller is not None and state["distiller"] is not None:
             self.distiller.load_state_dict(state["distiller"])
