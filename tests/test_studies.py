@@ -78,7 +78,7 @@ def test_every_committed_table_is_rebuilt_byte_for_byte_from_the_records(tmp_pat
 def test_the_record_holds_every_run_of_the_study_sorted():
     runs = read_record(record_in(STUDIES / "abl-depth"))
     names = [r.name for r in runs]
-    assert len(names) == 26 and names == sorted(names) and "abl-depth-kd-abl_sgd-r56_r20-s0" in names
+    assert len(names) == 41 and names == sorted(names) and "abl-depth-kd-abl_sgd-r56_r20-s0" in names  # 26 + the 15 runs of sweep_cost*.yaml
     unfinished = [r.name for r in runs if not r.summary]
     assert unfinished == ["abl-depth-long-kd-abl_search30-r56_r20-s0"]  # stopped at 20 of 30 search epochs
     assert all(r.files.get("val.json", {}).get("split") == "val" for r in runs if r.summary)
