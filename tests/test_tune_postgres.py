@@ -5,7 +5,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -18,14 +17,9 @@ pytest.importorskip("psycopg", reason="psycopg is not installed (the tune extra 
 from adakd.errors import ConfigError  # noqa: E402
 from adakd.tools.tune.study import driver_url, run_tune  # noqa: E402
 from test_tune import states, write_configs, write_space  # noqa: E402
+from test_ddp import free_port  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.extended]  # a server per test: CI stage 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def postgres_tool(name: str) -> str | None:

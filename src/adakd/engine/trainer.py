@@ -166,8 +166,9 @@ class Trainer:
             for index in range(start_phase, len(self.phases)):
                 try:
                     self._run_phase(index, resume_state if index == start_phase else None, stop)
-                finally:  # drop the phase's DDP: its hooks on modules a later phase trains (a live one with a
-                    self.phases[index].forward and self.phases[index].forward.unwrap()  # comm hook aborts at exit)
+                finally:  # drop the phase's DDP: its hooks on modules a later phase trains; a live one with a
+                    if (forward := self.phases[index].forward) is not None:  # comm hook aborts the exit
+                        forward.unwrap()
         return self.finish(final=True)
 
     def _run_phase(self, index: int, state: dict[str, Any] | None, stop: StopFlag) -> None:
@@ -304,8 +305,7 @@ class Trainer:
                        {"kind": "student", "model": student.state_dict(), "meta": self.meta()})
         summary = {
             "name": self.cfg.name, "run_dir": str(self.run_dir.path),
-            "student": self.cfg.student.name,
-            "teacher": self.cfg.teacher.name if self.cfg.teacher else None,
+            "student": self.cfg.student.name, "teacher": self.cfg.teacher.name if self.cfg.teacher else None,
             "losses": list(self.cfg.losses),
             "strategy": self.cfg.strategy.name,
             "seed": self.cfg.seed,
